@@ -1,0 +1,46 @@
+// Package annotations defines, once, the rebootmanager/* keys that the
+// arbiter and the agent write on Nodes and lock objects, and the node status
+// values.
+package annotations
+
+// Keys on Node objects.
+const (
+	// Status is the node's place in the reboot cycle; see the Status values.
+	Status = "rebootmanager/status"
+	// ZincatiID is the node's Zincati id, published by the agent.
+	ZincatiID = "rebootmanager/zincati-id"
+	// Group is the reboot group the node holds a slot in.
+	Group = "rebootmanager/group"
+	// Since is when the node took its slot (RFC 3339).
+	Since = "rebootmanager/since"
+	// CordonedBy is "rebootmanager" when the arbiter cordoned the node; an
+	// admin's cordon never carries it, so the arbiter never undoes one.
+	CordonedBy = "rebootmanager/cordoned-by"
+	// DrainMessage says why the drain is stuck: refused evictions, a timeout.
+	DrainMessage = "rebootmanager/drain-message"
+)
+
+// Label on Nodes.
+const (
+	// GroupLabel selects the node's reboot group; the agent writes it into
+	// Zincati's configuration.
+	GroupLabel = "rebootmanager/group"
+)
+
+// Keys on lock objects.
+const (
+	// LockGroup holds the raw FleetLock group a lock object belongs to.
+	LockGroup = "rebootmanager/group"
+	// LockHolders holds the JSON list of slot holders.
+	LockHolders = "rebootmanager/holders"
+)
+
+// CordonOwner is the value of CordonedBy.
+const CordonOwner = "rebootmanager"
+
+// Values of Status.
+const (
+	StatusReady     = "Ready"
+	StatusDraining  = "Draining"
+	StatusRebooting = "Rebooting"
+)

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# cluster.sh runs a real Kubernetes control plane on 127.0.0.1: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler and kwok (simulated
+# nodes), with real PKI and RBAC, built from Go modules by build.sh.
+#
+#   cluster.sh up       start it in the background and wait until it is ready
+#   cluster.sh down     stop exactly the processes "up" started, remove the state
+#   cluster.sh status   say whether it runs
+#
+# State lives in $CLUSTER_DIR (default: <repo>/.cluster): kubeconfig (admin),
+# env (source it for KUBECONFIG and PATH), pki/, logs/, pids/.
+# Ports: $CLUSTER_PORT_BASE (default 26400) + 43 apiserver, +79/+80 etcd,
+# +57 controller-manager, +59 scheduler, +47 kwok.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+state=${CLUSTER_DIR:-$repo/.cluster}
+base=${CLUSTER_PORT_BASE:-26400}
+api_port=$((base + 43))
+etcd_port=$((base + 79))
+etcd_peer_port=$((base + 80))
+kcm_port=$((base + 57))
+sched_port=$((base + 59))
+kwok_port=$((base + 47))
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+log() { echo "cluster: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+alive() { # alive NAME: the recorded process runs
+	local f="$state/pids/$1.pid"
+	[ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+ready() {
+	[ -f "$state/kubeconfig" ] || return 1
+	for c in "${components[@]}"; do alive "$c" || return 1; done
+	curl -sf --max-time 2 --cacert "$state/pki/ca.crt" --cert "$state/pki/admin.crt" --key "$state/pki/admin.key" \
+		"https://127.0.0.1:$api_port/readyz" >/dev/null
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # wait_for SECONDS WHAT CMD...
+	local deadline=$((SECONDS + $1)) what=$2
+	shift 2
+	until "$@" >/dev/null 2>&1; do
+		if [ $SECONDS -ge $deadline ]; then
+			log "$what did not become ready; the last log lines:"
+			tail -n 20 "$state/logs/"*.log >&2 || true
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+start() { # start NAME CMD...: run in the background, record the PID
+	local name=$1
+	shift
+	setsid "$@" >"$state/logs/$name.log" 2>&1 </dev/null &
+	echo $! >"$state/pids/$name.pid"
+}
+
+pki() {
+	local d=$state/pki
+	mkdir -p "$d"
+	cd "$d"
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=reboot-manager-test-ca" 2>/dev/null
+	cert() { # cert NAME SUBJECT [SAN]
+		openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+		if [ -n "${3:-}" ]; then
+			printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$3" >"$1.ext"
+		else
+			printf 'extendedKeyUsage=clientAuth\n' >"$1.ext"
+		fi
+		openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
+	}
+	cert apiserver "/CN=kube-apiserver" "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+	cert admin "/O=system:masters/CN=admin"
+	cert controller-manager "/CN=system:kube-controller-manager"
+	cert scheduler "/CN=system:kube-scheduler"
+	cert kwok "/O=system:masters/CN=kwok"
+	openssl genrsa -out sa.key 2048 2>/dev/null
+	openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+	cd - >/dev/null
+}
+
+kubeconfig() { # kubeconfig USER FILE
+	cat >"$2" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority: $state/pki/ca.crt
+users:
+- name: $1
+  user:
+    client-certificate: $state/pki/$1.crt
+    client-key: $state/pki/$1.key
+contexts:
+- name: local
+  context: {cluster: local, user: $1}
+current-context: local
+KC
+}
+
+kwok_stages() {
+	local dir
+	dir=$(cd "$here/tools" && go mod download -json sigs.k8s.io/kwok | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+	[ -d "$dir" ] || die "cannot find the kwok module source for its default stages"
+	local s=$dir/kustomize/stage
+	for f in "$s/node/fast/node-initialize.yaml" "$s/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+		"$s/pod/fast/pod-ready.yaml" "$s/pod/fast/pod-complete.yaml" "$s/pod/fast/pod-delete.yaml"; do
+		echo "---"
+		cat "$f"
+	done
+}
+
+up() {
+	if ready; then
+		log "already running: https://127.0.0.1:$api_port (KUBECONFIG=$state/kubeconfig)"
+		return 0
+	fi
+	if [ -d "$state/pids" ]; then
+		log "a previous plane is partly running or dead; stopping it first"
+		down
+	fi
+	for p in $api_port $etcd_port $etcd_peer_port $kcm_port $sched_port $kwok_port; do
+		port_in_use "$p" && die "port $p on 127.0.0.1 is already in use; stop what holds it or set CLUSTER_PORT_BASE"
+	done
+	local bin
+	bin=$("$here/build.sh") || die "building the control plane failed (see above)"
+	local t0=$SECONDS
+	mkdir -p "$state/logs" "$state/pids" "$state/etcd"
+	echo '*' >"$state/.gitignore"
+	pki
+	kubeconfig admin "$state/kubeconfig"
+	kubeconfig controller-manager "$state/controller-manager.kubeconfig"
+	kubeconfig scheduler "$state/scheduler.kubeconfig"
+	kubeconfig kwok "$state/kwok.kubeconfig"
+	kwok_stages >"$state/kwok-stages.yaml"
+
+	start etcd "$bin/etcd" --name=default --data-dir="$state/etcd" \
+		--listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+		--listen-peer-urls="http://127.0.0.1:$etcd_peer_port" --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+		--initial-cluster="default=http://127.0.0.1:$etcd_peer_port" --unsafe-no-fsync=true --log-level=warn
+	wait_for 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health"
+
+	local pki=$state/pki
+	start kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+		--tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" --client-ca-file="$pki/ca.crt" \
+		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+		--service-cluster-ip-range=10.0.0.0/24 --authorization-mode=Node,RBAC --allow-privileged=true \
+		--endpoint-reconciler-type=none
+	wait_for 60 kube-apiserver curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+		"https://127.0.0.1:$api_port/readyz"
+
+	start kube-controller-manager "$bin/kube-controller-manager" \
+		--kubeconfig="$state/controller-manager.kubeconfig" \
+		--authentication-kubeconfig="$state/controller-manager.kubeconfig" \
+		--authorization-kubeconfig="$state/controller-manager.kubeconfig" \
+		--bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
+		--use-service-account-credentials=true --service-account-private-key-file="$pki/sa.key" \
+		--root-ca-file="$pki/ca.crt" --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
+		--controllers='*'
+	start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$state/scheduler.kubeconfig" \
+		--authentication-kubeconfig="$state/scheduler.kubeconfig" --authorization-kubeconfig="$state/scheduler.kubeconfig" \
+		--bind-address=127.0.0.1 --secure-port="$sched_port" --leader-elect=false
+	start kwok "$bin/kwok" --kubeconfig="$state/kwok.kubeconfig" --config="$state/kwok-stages.yaml" \
+		--manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+		--node-ip=127.0.0.1 --cidr=10.244.0.0/16 --node-lease-duration-seconds=40 \
+		--server-address="127.0.0.1:$kwok_port"
+
+	cat >"$state/env" <<ENV
+export KUBECONFIG=$state/kubeconfig
+export PATH=$bin:\$PATH
+ENV
+	# Pods are refused until the controller manager has made the default
+	# ServiceAccount.
+	wait_for 60 "the default ServiceAccount" "$bin/kubectl" --kubeconfig="$state/kubeconfig" get serviceaccount default -n default
+	for c in "${components[@]}"; do alive "$c" || die "$c exited; see $state/logs/$c.log"; done
+	log "ready in $((SECONDS - t0))s: https://127.0.0.1:$api_port; run: . $state/env"
+}
+
+down() {
+	[ -d "$state/pids" ] || { log "not running"; rm -rf "$state"; return 0; }
+	local pids=()
+	for f in "$state"/pids/*.pid; do
+		[ -f "$f" ] || continue
+		local pid
+		pid=$(cat "$f")
+		kill "$pid" 2>/dev/null && pids+=("$pid")
+	done
+	local deadline=$((SECONDS + 15))
+	for pid in "${pids[@]}"; do
+		while kill -0 "$pid" 2>/dev/null; do
+			if [ $SECONDS -ge $deadline ]; then kill -9 "$pid" 2>/dev/null || true; fi
+			sleep 0.1
+		done
+	done
+	rm -rf "$state"
+	log "stopped"
+}
+
+case "${1:-}" in
+up) up ;;
+down) down ;;
+status) if ready; then echo "running: https://127.0.0.1:$api_port"; else echo "not running"; exit 1; fi ;;
+*) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
