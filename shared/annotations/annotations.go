@@ -16,6 +16,9 @@ const (
 	// CordonedBy is "rebootmanager" when the arbiter cordoned the node; an
 	// admin's cordon never carries it, so the arbiter never undoes one.
 	CordonedBy = "rebootmanager/cordoned-by"
+	// ApprovedBootID is the node's boot id when its reboot was approved; a
+	// different boot id means the reboot happened.
+	ApprovedBootID = "rebootmanager/approved-boot-id"
 	// DrainMessage says why the drain is stuck: refused evictions, a timeout.
 	DrainMessage = "rebootmanager/drain-message"
 )

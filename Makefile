@@ -1,0 +1,43 @@
+# reboot-manager: `make run` runs the arbiter against a local control plane;
+# `make test` runs every test. See README.md.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+
+.PHONY: all build test unit e2e vet fmt-check run cluster-up cluster-down bench manifests images clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+## test: gofmt check, go vet, unit tests, and the end-to-end tier against the
+## local plane (started when needed; a plane that cannot start fails).
+test: fmt-check vet unit e2e
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cluster/*')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/)
+
+e2e: cluster-up
+	$(GO) test -count=1 -timeout 20m ./test/...
+
+cluster-up:
+	test/cluster/cluster.sh up
+
+cluster-down:
+	test/cluster/cluster.sh down
+
+## run: the local plane with simulated nodes and workloads, and the arbiter
+## serving FleetLock on 127.0.0.1:8080, until Ctrl-C.
+run: build cluster-up
+	test/run.sh
+
+clean: cluster-down
+	rm -rf $(BIN)

@@ -1,0 +1,333 @@
+// Package drain empties cordoned nodes through the Eviction API in the
+// background: a work queue of nodes, kubectl's drain filters to choose the
+// pods, evictions with no client-side retry and our own backoff on
+// PodDisruptionBudget refusals, and a fresh, exact answer to "what is still
+// on this node".
+package drain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/workqueue"
+	kubectldrain "k8s.io/kubectl/pkg/drain"
+
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+)
+
+// Config tunes the drain.
+type Config struct {
+	// Force evicts pods that no controller manages; without it they block
+	// the drain.
+	Force bool
+	// DeleteEmptyDirData evicts pods with emptyDir volumes; without it they
+	// block the drain.
+	DeleteEmptyDirData bool
+	// Concurrency bounds the evictions in flight for one node.
+	Concurrency int
+	// Timeout, when positive, is how long a drain may take before the node
+	// gets a Warning Event. The drain goes on: a reboot is never approved
+	// before the node is empty.
+	Timeout time.Duration
+	// Self is the arbiter's own pod, evicted only when nothing else is left.
+	Self types.NamespacedName
+}
+
+// Nodes is what the drainer needs of the node directory.
+type Nodes interface {
+	Get(name string) (*corev1.Node, error)
+	SetDrainMessage(ctx context.Context, name, msg string) error
+	Event(n *corev1.Node, eventType, reason, format string, args ...any)
+}
+
+// Pending is what stands between a node and its reboot.
+type Pending struct {
+	// Pods are the pods still to go, terminating ones included.
+	Pods []corev1.Pod
+	// Problems are pods the filters refuse to evict (no controller, local
+	// data), which block the drain until the configuration or the pod changes.
+	Problems []string
+}
+
+// Done reports whether the node is empty of everything that must go.
+func (p Pending) Done() bool { return len(p.Pods) == 0 && len(p.Problems) == 0 }
+
+// String lists what remains, for a FleetLock reply or an annotation.
+func (p Pending) String() string {
+	if p.Done() {
+		return "no pods remain"
+	}
+	names := make([]string, 0, len(p.Pods))
+	for _, pod := range p.Pods {
+		n := pod.Namespace + "/" + pod.Name
+		if pod.DeletionTimestamp != nil {
+			n += " (terminating)"
+		}
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	const show = 10
+	more := ""
+	if len(names) > show {
+		more = fmt.Sprintf(" and %d more", len(names)-show)
+		names = names[:show]
+	}
+	s := fmt.Sprintf("%d pods remain: %s%s", len(p.Pods), strings.Join(names, ", "), more)
+	if len(p.Problems) > 0 {
+		s += "; cannot evict: " + strings.Join(p.Problems, "; ")
+	}
+	return s
+}
+
+// Drainer evicts the pods of nodes marked Draining.
+type Drainer struct {
+	client kubernetes.Interface
+	nodes  Nodes
+	cfg    Config
+	log    *slog.Logger
+	queue  workqueue.TypedRateLimitingInterface[string]
+	now    func() time.Time
+
+	mu       sync.Mutex
+	reported map[string]string // node → the last state reported by Event
+}
+
+// New returns a Drainer. Call Run to start it.
+func New(client kubernetes.Interface, nodes Nodes, cfg Config, log *slog.Logger) *Drainer {
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 10
+	}
+	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[string](250*time.Millisecond, 10*time.Second)
+	return &Drainer{
+		client:   client,
+		nodes:    nodes,
+		cfg:      cfg,
+		log:      log,
+		queue:    workqueue.NewTypedRateLimitingQueueWithConfig(limiter, workqueue.TypedRateLimitingQueueConfig[string]{Name: "drain"}),
+		now:      time.Now,
+		reported: map[string]string{},
+	}
+}
+
+// Enqueue asks for a drain pass over the node.
+func (d *Drainer) Enqueue(node string) { d.queue.Add(node) }
+
+// Pending lists, fresh from the API server, the pods that must still leave
+// the node before it may reboot.
+func (d *Drainer) Pending(ctx context.Context, node string) (Pending, error) {
+	h := &kubectldrain.Helper{
+		Ctx:                 ctx,
+		Client:              d.client,
+		Force:               d.cfg.Force,
+		IgnoreAllDaemonSets: true,
+		DeleteEmptyDirData:  d.cfg.DeleteEmptyDirData,
+		AdditionalFilters:   []kubectldrain.PodFilter{skipTerminal},
+		// Out and ErrOut are unused by GetPodsForDeletion.
+	}
+	list, errs := h.GetPodsForDeletion(node)
+	if list == nil {
+		return Pending{}, fmt.Errorf("list pods on node %s: %w", node, errors.Join(errs...))
+	}
+	p := Pending{Pods: list.Pods()}
+	for _, err := range errs {
+		p.Problems = append(p.Problems, err.Error())
+	}
+	return p, nil
+}
+
+func skipTerminal(pod corev1.Pod) kubectldrain.PodDeleteStatus {
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return kubectldrain.MakePodDeleteStatusSkip()
+	}
+	return kubectldrain.MakePodDeleteStatusOkay()
+}
+
+// Run processes the queue with the given number of workers until ctx ends.
+func (d *Drainer) Run(ctx context.Context, workers int) {
+	go func() {
+		<-ctx.Done()
+		d.queue.ShutDown()
+	}()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for d.next(ctx) {
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (d *Drainer) next(ctx context.Context) bool {
+	name, quit := d.queue.Get()
+	if quit {
+		return false
+	}
+	defer d.queue.Done(name)
+	again, err := d.sync(ctx, name)
+	switch {
+	case err != nil:
+		d.log.Warn("drain pass failed", "node", name, "err", err)
+		d.queue.AddRateLimited(name)
+	case again:
+		d.queue.AddRateLimited(name)
+	default:
+		d.queue.Forget(name)
+	}
+	return true
+}
+
+// sync makes one pass over a node: it evicts what can go now and reports
+// whether another pass is needed.
+func (d *Drainer) sync(ctx context.Context, name string) (bool, error) {
+	node, err := d.nodes.Get(name)
+	if apierrors.IsNotFound(err) {
+		d.forget(name)
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if node.Annotations[annotations.Status] != annotations.StatusDraining {
+		d.forget(name)
+		return false, nil
+	}
+	log := d.log.With("node", name, "group", node.Annotations[annotations.Group])
+	pending, err := d.Pending(ctx, name)
+	if err != nil {
+		return false, err
+	}
+	if pending.Done() {
+		if d.report(name, "drained") {
+			log.Info("node drained")
+			d.nodes.Event(node, corev1.EventTypeNormal, "Drained", "all evictable pods are gone")
+		}
+		return false, d.nodes.SetDrainMessage(ctx, name, "")
+	}
+
+	blocked := d.evict(ctx, log, pending.Pods)
+	msg := strings.Join(blocked, "; ")
+	if d.cfg.Timeout > 0 {
+		if since, err := time.Parse(time.RFC3339, node.Annotations[annotations.Since]); err == nil && d.now().Sub(since) > d.cfg.Timeout {
+			msg = strings.TrimSuffix(fmt.Sprintf("drain running for over %s; %s", d.cfg.Timeout, msg), "; ")
+			if d.report(name+"/timeout", "timeout") {
+				log.Warn("drain is taking longer than the timeout", "timeout", d.cfg.Timeout, "pending", pending.String())
+				d.nodes.Event(node, corev1.EventTypeWarning, "DrainTimeout", "drain running for over %s: %s", d.cfg.Timeout, pending.String())
+			}
+		}
+	}
+	if len(blocked) > 0 && d.report(name, strings.Join(blocked, "; ")) {
+		log.Info("evictions refused", "blocked", blocked)
+		d.nodes.Event(node, corev1.EventTypeWarning, "EvictionBlocked", "%s", strings.Join(blocked, "; "))
+	}
+	if err := d.nodes.SetDrainMessage(ctx, name, msg); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+// evict sends one eviction for each pod not yet terminating, the arbiter's
+// own pod only when it is the last, at most Concurrency at once. It returns
+// the refusals, described.
+func (d *Drainer) evict(ctx context.Context, log *slog.Logger, pods []corev1.Pod) []string {
+	var todo []corev1.Pod
+	for _, p := range pods {
+		if p.DeletionTimestamp == nil {
+			todo = append(todo, p)
+		}
+	}
+	if len(todo) > 1 || len(pods) > len(todo) {
+		todo = slices.DeleteFunc(todo, func(p corev1.Pod) bool {
+			return p.Namespace == d.cfg.Self.Namespace && p.Name == d.cfg.Self.Name
+		})
+	}
+	var (
+		mu      sync.Mutex
+		blocked []string
+		wg      sync.WaitGroup
+		sem     = make(chan struct{}, d.cfg.Concurrency)
+	)
+	for _, p := range todo {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			err := Evict(ctx, d.client, p.Namespace, p.Name)
+			if err == nil || apierrors.IsNotFound(err) {
+				log.Debug("evicted", "pod", p.Namespace+"/"+p.Name)
+				return
+			}
+			why := Describe(err)
+			mu.Lock()
+			blocked = append(blocked, fmt.Sprintf("%s/%s: %s", p.Namespace, p.Name, why))
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	sort.Strings(blocked)
+	return blocked
+}
+
+// Evict sends one policy/v1 Eviction for a pod, without client-side
+// retries: client-go would otherwise silently retry a 429 carrying
+// Retry-After for up to ~100 s. Backoff is the caller's job.
+func Evict(ctx context.Context, client kubernetes.Interface, namespace, name string) error {
+	ev := &policyv1.Eviction{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "policy/v1", Kind: "Eviction"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+	}
+	return client.CoreV1().RESTClient().Post().
+		AbsPath("/api/v1").Namespace(namespace).Resource("pods").Name(name).SubResource("eviction").
+		MaxRetries(0).Body(ev).Do(ctx).Error()
+}
+
+// Describe explains an eviction refusal, naming the disruption budget when
+// one is the cause.
+func Describe(err error) string {
+	var se apierrors.APIStatus
+	if errors.As(err, &se) {
+		st := se.Status()
+		if st.Details != nil {
+			for _, c := range st.Details.Causes {
+				if c.Type == policyv1.DisruptionBudgetCause {
+					return "blocked by PodDisruptionBudget: " + c.Message
+				}
+			}
+		}
+		if st.Code == 429 {
+			return "eviction refused (429): " + st.Message
+		}
+		return st.Message
+	}
+	return err.Error()
+}
+
+// report records what was last reported for key and says whether it changed.
+func (d *Drainer) report(key, state string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.reported[key] == state {
+		return false
+	}
+	d.reported[key] = state
+	return true
+}
+
+func (d *Drainer) forget(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.reported, name)
+	delete(d.reported, name+"/timeout")
+}

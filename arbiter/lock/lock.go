@@ -1,0 +1,267 @@
+// Package lock is the per-group reboot semaphore, kept in coordination.k8s.io
+// Lease objects: a recursive, counting lock whose every change is a
+// compare-and-swap on the object's resourceVersion, so any number of arbiter
+// replicas can share it.
+package lock
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	coordinationclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	coordinationlisters "k8s.io/client-go/listers/coordination/v1"
+
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+)
+
+// Label marks the Leases that are lock objects, so informers and the
+// status command can select them.
+const Label = "rebootmanager/lock"
+
+// MaxAttempts bounds the compare-and-swap retries of one operation.
+const MaxAttempts = 8
+
+// ErrContention is returned when MaxAttempts compare-and-swaps in a row lost
+// their race. Nothing was changed; the caller may try again.
+var ErrContention = errors.New("lock object changed under every attempt")
+
+// Holder is one holder of a slot.
+type Holder struct {
+	// ID is the Zincati id that took the slot.
+	ID string `json:"id"`
+	// Node is the Node the id mapped to, if any.
+	Node string `json:"node,omitempty"`
+	// Since is when the slot was taken.
+	Since time.Time `json:"since"`
+}
+
+// Result is the outcome of Acquire.
+type Result struct {
+	// Granted is true when the caller holds a slot.
+	Granted bool
+	// Changed is true when this call took the slot (false when the caller
+	// already held it, or when it was denied).
+	Changed bool
+	// Holders are the group's holders after the call.
+	Holders []Holder
+}
+
+// Semaphore is the set of group semaphores in one namespace.
+type Semaphore struct {
+	client    coordinationclient.LeasesGetter
+	namespace string
+	lister    coordinationlisters.LeaseLister
+	now       func() time.Time
+}
+
+// New returns a Semaphore that writes through client and reads the cheap,
+// possibly stale views (Holds, All) from lister, which must watch the Leases
+// labelled Label in namespace.
+func New(client coordinationclient.LeasesGetter, lister coordinationlisters.LeaseLister, namespace string) *Semaphore {
+	return &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now}
+}
+
+// Acquire takes a slot in group for h, or confirms that h.ID already holds
+// one (the lock is recursive: asking again changes nothing). It is denied,
+// without error, when the group already has slots holders; holders beyond a
+// lowered slot count keep their slots until they release them. The decision
+// is always made on a fresh read from the API server.
+func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, slots int) (Result, error) {
+	var res Result
+	err := s.update(ctx, group, func(holders []Holder) ([]Holder, bool) {
+		if i := index(holders, h.ID); i >= 0 {
+			res = Result{Granted: true, Holders: holders}
+			return nil, false
+		}
+		if len(holders) >= slots {
+			res = Result{Holders: holders}
+			return nil, false
+		}
+		if h.Since.IsZero() {
+			h.Since = s.now().UTC().Truncate(time.Second)
+		}
+		res = Result{Granted: true, Changed: true, Holders: append(slices.Clone(holders), h)}
+		return res.Holders, true
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("acquire a slot in group %q for %s: %w", group, h.ID, err)
+	}
+	return res, nil
+}
+
+// Release frees id's slot in group. It reports whether id held one.
+func (s *Semaphore) Release(ctx context.Context, group, id string) (bool, error) {
+	released := false
+	err := s.update(ctx, group, func(holders []Holder) ([]Holder, bool) {
+		i := index(holders, id)
+		if i < 0 {
+			released = false
+			return nil, false
+		}
+		released = true
+		return slices.Delete(slices.Clone(holders), i, i+1), true
+	})
+	if err != nil {
+		return false, fmt.Errorf("release %s's slot in group %q: %w", id, group, err)
+	}
+	return released, nil
+}
+
+// Holds reports, from the cache, whether id holds a slot in group. It makes
+// no API request, so a steady-state from a node that holds nothing costs
+// nothing; a just-taken slot may not be visible yet.
+func (s *Semaphore) Holds(group, id string) bool {
+	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
+	if err != nil {
+		return false
+	}
+	holders, err := Decode(l)
+	return err == nil && index(holders, id) >= 0
+}
+
+// All returns every group's holders from the cache, keyed by group.
+func (s *Semaphore) All() (map[string][]Holder, error) {
+	leases, err := s.lister.Leases(s.namespace).List(labels.SelectorFromSet(labels.Set{Label: "true"}))
+	if err != nil {
+		return nil, fmt.Errorf("list lock objects: %w", err)
+	}
+	all := make(map[string][]Holder, len(leases))
+	for _, l := range leases {
+		holders, err := Decode(l)
+		if err != nil {
+			return nil, err
+		}
+		all[l.Annotations[annotations.LockGroup]] = holders
+	}
+	return all, nil
+}
+
+// Fresh returns every group's holders read from the API server, for
+// decisions that must not act on a stale cache.
+func (s *Semaphore) Fresh(ctx context.Context) (map[string][]Holder, error) {
+	list, err := s.client.Leases(s.namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=true"})
+	if err != nil {
+		return nil, fmt.Errorf("list lock objects: %w", err)
+	}
+	all := make(map[string][]Holder, len(list.Items))
+	for i := range list.Items {
+		holders, err := Decode(&list.Items[i])
+		if err != nil {
+			return nil, err
+		}
+		all[list.Items[i].Annotations[annotations.LockGroup]] = holders
+	}
+	return all, nil
+}
+
+// Decode returns the holders recorded on a lock object.
+func Decode(l *coordinationv1.Lease) ([]Holder, error) {
+	raw := l.Annotations[annotations.LockHolders]
+	if raw == "" {
+		return nil, nil
+	}
+	var holders []Holder
+	if err := json.Unmarshal([]byte(raw), &holders); err != nil {
+		return nil, fmt.Errorf("decode holders of lock object %s: %w", l.Name, err)
+	}
+	return holders, nil
+}
+
+// update runs change on the group's current holders and writes the result
+// conditionally on the resourceVersion it read, retrying on conflicts.
+// change returns the new holders and whether to write them.
+func (s *Semaphore) update(ctx context.Context, group string, change func([]Holder) ([]Holder, bool)) error {
+	leases := s.client.Leases(s.namespace)
+	name := ObjectName(group)
+	for range MaxAttempts {
+		l, err := leases.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			next, write := change(nil)
+			if !write {
+				return nil
+			}
+			l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
+				Name:        name,
+				Namespace:   s.namespace,
+				Labels:      map[string]string{Label: "true", "app.kubernetes.io/managed-by": "reboot-manager"},
+				Annotations: map[string]string{annotations.LockGroup: group},
+			}}
+			if err := encode(l, next); err != nil {
+				return err
+			}
+			_, err = leases.Create(ctx, l, metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("create lock object %s: %w", name, err)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("get lock object %s: %w", name, err)
+		}
+		if g := l.Annotations[annotations.LockGroup]; g != group {
+			return fmt.Errorf("lock object %s belongs to group %q, not %q", name, g, group)
+		}
+		holders, err := Decode(l)
+		if err != nil {
+			return err
+		}
+		next, write := change(holders)
+		if !write {
+			return nil
+		}
+		if err := encode(l, next); err != nil {
+			return err
+		}
+		_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("update lock object %s: %w", name, err)
+		}
+		return nil
+	}
+	return ErrContention
+}
+
+// encode writes holders into the lock object. spec.holderIdentity carries
+// the holders' node names too, so `kubectl get leases` shows them.
+func encode(l *coordinationv1.Lease, holders []Holder) error {
+	raw, err := json.Marshal(holders)
+	if err != nil {
+		return fmt.Errorf("encode holders: %w", err)
+	}
+	if l.Annotations == nil {
+		l.Annotations = map[string]string{}
+	}
+	l.Annotations[annotations.LockHolders] = string(raw)
+	names := make([]string, len(holders))
+	for i, h := range holders {
+		names[i] = h.Node
+		if names[i] == "" {
+			names[i] = h.ID
+		}
+	}
+	l.Spec.HolderIdentity = nil
+	if len(names) > 0 {
+		who := strings.Join(names, ",")
+		l.Spec.HolderIdentity = &who
+	}
+	return nil
+}
+
+func index(holders []Holder, id string) int {
+	return slices.IndexFunc(holders, func(h Holder) bool { return h.ID == id })
+}

@@ -1,0 +1,296 @@
+// Package nodes finds the Node behind a Zincati id from an informer cache and
+// changes Nodes the way the reboot cycle needs: cordon with ownership,
+// status annotations, uncordon of only what we cordoned, and Events.
+package nodes
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
+)
+
+// IDIndex is the name of the informer index from Zincati id to Node.
+const IDIndex = "zincati-id"
+
+// IndexByID is the informer IndexFunc behind IDIndex. A Node is indexed under
+// the id the agent published on it and under the id derived from its
+// status.nodeInfo.machineID.
+func IndexByID(obj any) ([]string, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return nil, nil
+	}
+	var ids []string
+	if id := n.Annotations[annotations.ZincatiID]; id != "" {
+		ids = append(ids, id)
+	}
+	if m := n.Status.NodeInfo.MachineID; m != "" {
+		if id, err := zincatiid.FromMachineID(m); err == nil && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+// Directory looks Nodes up in the cache and changes them through the API.
+type Directory struct {
+	client   kubernetes.Interface
+	indexer  cache.Indexer
+	lister   corelisters.NodeLister
+	recorder record.EventRecorder
+	now      func() time.Time
+}
+
+// New returns a Directory over a Node informer that has IDIndex.
+func New(client kubernetes.Interface, informer cache.SharedIndexInformer, recorder record.EventRecorder) *Directory {
+	return &Directory{
+		client:   client,
+		indexer:  informer.GetIndexer(),
+		lister:   corelisters.NewNodeLister(informer.GetIndexer()),
+		recorder: recorder,
+		now:      time.Now,
+	}
+}
+
+// Lookup returns the Node whose Zincati id is id, or nil when none matches.
+// It reads only the cache. When several Nodes match (cloned machine ids), the
+// one whose agent published the id wins, then the first by name.
+func (d *Directory) Lookup(id string) (*corev1.Node, error) {
+	objs, err := d.indexer.ByIndex(IDIndex, id)
+	if err != nil {
+		return nil, fmt.Errorf("look up node by Zincati id %s: %w", id, err)
+	}
+	var best *corev1.Node
+	for _, o := range objs {
+		n := o.(*corev1.Node)
+		switch {
+		case best == nil:
+			best = n
+		case (n.Annotations[annotations.ZincatiID] == id) != (best.Annotations[annotations.ZincatiID] == id):
+			if n.Annotations[annotations.ZincatiID] == id {
+				best = n
+			}
+		case n.Name < best.Name:
+			best = n
+		}
+	}
+	return best, nil
+}
+
+// Get returns a Node from the cache.
+func (d *Directory) Get(name string) (*corev1.Node, error) { return d.lister.Get(name) }
+
+// Exists asks the API server, not the cache, whether a Node exists.
+func (d *Directory) Exists(ctx context.Context, name string) (bool, error) {
+	_, err := d.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get node %s: %w", name, err)
+	}
+	return true, nil
+}
+
+// List returns every Node in the cache.
+func (d *Directory) List() ([]*corev1.Node, error) { return d.lister.List(labels.Everything()) }
+
+// StartDrain cordons the node and marks it Draining in group. If the node
+// was already unschedulable and not by us (an admin's cordon), it stays so
+// and is not marked as ours, so Uncordon will leave it cordoned.
+func (d *Directory) StartDrain(ctx context.Context, name, group string) error {
+	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
+		p := &nodePatch{annotations: map[string]*string{
+			annotations.Status: ptr(annotations.StatusDraining),
+			annotations.Group:  ptr(group),
+		}}
+		if n.Annotations[annotations.Since] == "" {
+			p.annotations[annotations.Since] = ptr(d.now().UTC().Format(time.RFC3339))
+		}
+		if !n.Spec.Unschedulable {
+			p.unschedulable = ptr(true)
+			p.annotations[annotations.CordonedBy] = ptr(annotations.CordonOwner)
+		}
+		if n.Annotations[annotations.Status] == annotations.StatusDraining && p.unschedulable == nil &&
+			n.Annotations[annotations.Group] == group && n.Annotations[annotations.Since] != "" {
+			return nil
+		}
+		return p
+	}, "DrainStarted", "cordoned for a reboot in group %q; draining", group)
+}
+
+// MarkRebooting records that the node's reboot was approved.
+func (d *Directory) MarkRebooting(ctx context.Context, name string) error {
+	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
+		if n.Annotations[annotations.Status] == annotations.StatusRebooting {
+			return nil
+		}
+		return &nodePatch{annotations: map[string]*string{
+			annotations.Status:         ptr(annotations.StatusRebooting),
+			annotations.ApprovedBootID: ptr(n.Status.NodeInfo.BootID),
+			annotations.DrainMessage:   nil,
+		}}
+	}, "RebootApproved", "drained; reboot approved")
+}
+
+// SetDrainMessage records what the drain waits for. An empty message removes it.
+func (d *Directory) SetDrainMessage(ctx context.Context, name, msg string) error {
+	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
+		if n.Annotations[annotations.DrainMessage] == msg {
+			return nil
+		}
+		var v *string
+		if msg != "" {
+			v = ptr(msg)
+		}
+		return &nodePatch{annotations: map[string]*string{annotations.DrainMessage: v}}
+	}, "", "")
+}
+
+// Finish ends the node's reboot cycle: it uncordons the node only if we
+// cordoned it, and marks it Ready. A node the cycle never touched is left
+// alone.
+func (d *Directory) Finish(ctx context.Context, name string) error {
+	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
+		if !InCycle(n) {
+			return nil
+		}
+		p := &nodePatch{annotations: map[string]*string{
+			annotations.Status:         ptr(annotations.StatusReady),
+			annotations.Group:          nil,
+			annotations.Since:          nil,
+			annotations.DrainMessage:   nil,
+			annotations.CordonedBy:     nil,
+			annotations.ApprovedBootID: nil,
+		}}
+		if n.Annotations[annotations.CordonedBy] == annotations.CordonOwner && n.Spec.Unschedulable {
+			p.unschedulable = ptr(false)
+			p.event = "Uncordoned"
+		}
+		return p
+	}, "Released", "reboot cycle finished")
+}
+
+// InCycle reports whether the node carries any mark of a reboot cycle.
+func InCycle(n *corev1.Node) bool {
+	a := n.Annotations
+	return a[annotations.CordonedBy] != "" || a[annotations.Group] != "" || a[annotations.Since] != "" ||
+		a[annotations.DrainMessage] != "" ||
+		(a[annotations.Status] != "" && a[annotations.Status] != annotations.StatusReady)
+}
+
+// Rebooted reports whether a node approved for a reboot has since come
+// back: it is Ready with another boot id.
+func Rebooted(n *corev1.Node) bool {
+	approved := n.Annotations[annotations.ApprovedBootID]
+	if approved == "" || approved == n.Status.NodeInfo.BootID {
+		return false
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// Event records an Event on the node.
+func (d *Directory) Event(n *corev1.Node, eventType, reason, format string, args ...any) {
+	d.recorder.Eventf(nodeRef(n.Name), eventType, reason, format, args...)
+}
+
+type nodePatch struct {
+	unschedulable *bool
+	annotations   map[string]*string // nil value removes the key
+	event         string             // an extra Event reason
+}
+
+// patch applies the patch that decide computes from the node. The patch
+// carries the resourceVersion decide saw, so the API server rejects it if the
+// node changed since; then decide runs again on a fresh read. decide returns
+// nil when nothing needs to change. On success an Event of reason is recorded.
+func (d *Directory) patch(ctx context.Context, name string, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) error {
+	first := true
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var n *corev1.Node
+		var err error
+		if first {
+			n, err = d.lister.Get(name)
+			first = false
+		}
+		if n == nil || err != nil {
+			n, err = d.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		}
+		if err != nil {
+			return err
+		}
+		p := decide(n)
+		if p == nil {
+			return nil
+		}
+		body := map[string]any{"metadata": map[string]any{
+			"resourceVersion": n.ResourceVersion,
+			"annotations":     p.annotations,
+		}}
+		if p.unschedulable != nil {
+			body["spec"] = map[string]any{"unschedulable": *p.unschedulable}
+		}
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		if _, err := d.client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, raw, metav1.PatchOptions{}); err != nil {
+			return err
+		}
+		if reason != "" {
+			d.recorder.Eventf(nodeRef(name), corev1.EventTypeNormal, reason, format, args...)
+		}
+		if p.event == "Uncordoned" {
+			d.recorder.Eventf(nodeRef(name), corev1.EventTypeNormal, "Uncordoned", "uncordoned after the reboot")
+		}
+		return nil
+	})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return fmt.Errorf("node %s: %w", name, err)
+		}
+		return fmt.Errorf("update node %s: %w", name, err)
+	}
+	return nil
+}
+
+func nodeRef(name string) *corev1.ObjectReference {
+	// Events about Nodes use the node name as the UID, as kubelet does.
+	return &corev1.ObjectReference{Kind: "Node", Name: name, UID: types.UID(name)}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Describe summarises a node's reboot state for messages.
+func Describe(n *corev1.Node) string {
+	var parts []string
+	if s := n.Annotations[annotations.Status]; s != "" {
+		parts = append(parts, "status "+s)
+	}
+	if n.Spec.Unschedulable {
+		parts = append(parts, "cordoned")
+	}
+	return strings.Join(parts, ", ")
+}

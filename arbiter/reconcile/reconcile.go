@@ -1,0 +1,155 @@
+// Package reconcile is the leader's background repair loop: it releases
+// slots held by Nodes that no longer exist and puts back in service nodes
+// that carry our cordon but hold no slot (a steady-state whose uncordon
+// failed, a slot released by hand, a rebooted node whose id no longer maps).
+package reconcile
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
+	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+)
+
+// Nodes is what the reconciler needs of the node directory.
+type Nodes interface {
+	Get(name string) (*corev1.Node, error)
+	List() ([]*corev1.Node, error)
+	Exists(ctx context.Context, name string) (bool, error)
+	Finish(ctx context.Context, name string) error
+}
+
+// Lock is what the reconciler needs of the semaphore.
+type Lock interface {
+	All() (map[string][]lock.Holder, error)
+	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
+	Release(ctx context.Context, group, id string) (bool, error)
+}
+
+// Reconciler repairs what requests alone cannot.
+type Reconciler struct {
+	nodes    Nodes
+	lock     Lock
+	events   record.EventRecorder
+	ns       string
+	log      *slog.Logger
+	interval time.Duration
+	kick     chan struct{}
+}
+
+// New returns a Reconciler that runs a pass every interval and on Kick.
+// Events about locks go on the lock objects in namespace.
+func New(n Nodes, l Lock, events record.EventRecorder, namespace string, interval time.Duration, log *slog.Logger) *Reconciler {
+	return &Reconciler{nodes: n, lock: l, events: events, ns: namespace, log: log, interval: interval, kick: make(chan struct{}, 1)}
+}
+
+// Kick asks for a pass soon, for example after a Node was deleted.
+func (r *Reconciler) Kick() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run makes passes until ctx ends.
+func (r *Reconciler) Run(ctx context.Context) {
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		r.Pass(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.kick:
+		}
+	}
+}
+
+// Pass makes one repair pass. Decisions seen in the caches are confirmed
+// against the API server before anything is changed.
+func (r *Reconciler) Pass(ctx context.Context) {
+	all, err := r.lock.All()
+	if err != nil {
+		r.log.Warn("reading the locks failed", "err", err)
+		return
+	}
+	holding := map[string]bool{}
+	for group, holders := range all {
+		for _, h := range holders {
+			if h.Node == "" {
+				continue
+			}
+			holding[h.Node] = true
+			if _, err := r.nodes.Get(h.Node); apierrors.IsNotFound(err) {
+				r.releaseIfGone(ctx, group, h)
+			}
+		}
+	}
+	list, err := r.nodes.List()
+	if err != nil {
+		r.log.Warn("listing nodes failed", "err", err)
+		return
+	}
+	var orphans []*corev1.Node
+	for _, n := range list {
+		// A node approved for a reboot waits for it; after it, or in any
+		// other stage, a node that holds no slot goes back in service.
+		rebooting := n.Annotations[annotations.Status] == annotations.StatusRebooting && !nodes.Rebooted(n)
+		if nodes.InCycle(n) && !holding[n.Name] && !rebooting {
+			orphans = append(orphans, n)
+		}
+	}
+	if len(orphans) == 0 {
+		return
+	}
+	// The lock cache may lag the node cache: confirm on a fresh read.
+	fresh, err := r.lock.Fresh(ctx)
+	if err != nil {
+		r.log.Warn("reading the locks failed", "err", err)
+		return
+	}
+	holding = map[string]bool{}
+	for _, holders := range fresh {
+		for _, h := range holders {
+			holding[h.Node] = true
+		}
+	}
+	for _, n := range orphans {
+		if holding[n.Name] {
+			continue
+		}
+		log := r.log.With("node", n.Name, "group", n.Annotations[annotations.Group])
+		if err := r.nodes.Finish(ctx, n.Name); err != nil {
+			log.Warn("putting a node that holds no slot back in service failed", "err", err)
+			continue
+		}
+		log.Info("node held no slot; put back in service")
+	}
+}
+
+func (r *Reconciler) releaseIfGone(ctx context.Context, group string, h lock.Holder) {
+	log := r.log.With("node", h.Node, "group", group, "id", h.ID)
+	exists, err := r.nodes.Exists(ctx, h.Node)
+	if err != nil || exists {
+		return
+	}
+	released, err := r.lock.Release(ctx, group, h.ID)
+	if err != nil {
+		log.Warn("releasing the slot of a deleted node failed", "err", err)
+		return
+	}
+	if released {
+		log.Warn("released the slot of a deleted node", "held_since", h.Since)
+		ref := &corev1.ObjectReference{APIVersion: "coordination.k8s.io/v1", Kind: "Lease", Namespace: r.ns, Name: lock.ObjectName(group)}
+		r.events.Eventf(ref, corev1.EventTypeWarning, "StaleLockReleased",
+			"released the slot of node %s (id %s), which was deleted", h.Node, h.ID)
+	}
+}

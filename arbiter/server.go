@@ -1,0 +1,162 @@
+// Package arbiter serves FleetLock v1 over HTTP with gin: routing under a
+// base path, the protocol header check, body limits, and the mapping of
+// decisions to status codes and {"kind","value"} replies. It knows nothing of
+// Kubernetes; the decisions come from a Decider.
+package arbiter
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+)
+
+// Decider makes the FleetLock decisions. A nil error is a 200; any other
+// error is answered with its fleetlock.Kind (internal if it has none).
+type Decider interface {
+	PreReboot(ctx context.Context, p fleetlock.ClientParams) error
+	SteadyState(ctx context.Context, p fleetlock.ClientParams) error
+}
+
+// Config configures the HTTP handler.
+type Config struct {
+	// BasePath is where the v1 endpoints live, "/" by default. It matches
+	// the path of Zincati's base_url, which must end in "/".
+	BasePath string
+	// Ready reports whether the server can decide (caches synced, API
+	// server reachable); nil means always. Until it does, /readyz fails and
+	// FleetLock requests are answered 503 unavailable.
+	Ready func() error
+	// Registry receives the HTTP metrics and is served on /metrics; nil
+	// means a new one.
+	Registry *prometheus.Registry
+}
+
+// Handler returns the HTTP handler for the FleetLock endpoints, /healthz,
+// /readyz and /metrics. It never redirects.
+func Handler(d Decider, cfg Config, log *slog.Logger) http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rebootmanager_fleetlock_requests_total",
+		Help: "FleetLock requests by operation and result kind (ok for 200).",
+	}, []string{"operation", "kind"})
+	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "rebootmanager_fleetlock_request_duration_seconds",
+		Help:    "Time to answer a FleetLock request, by operation.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+	}, []string{"operation"})
+	cfg.Registry.MustRegister(requests, duration)
+
+	r := gin.New()
+	r.RedirectTrailingSlash = false
+	r.RedirectFixedPath = false
+	r.HandleMethodNotAllowed = true
+	r.Use(gin.CustomRecovery(func(c *gin.Context, err any) {
+		log.Error("panic while serving a request", "path", c.Request.URL.Path, "panic", err)
+		reply(c, fleetlock.Errorf(fleetlock.KindInternal, "internal error"))
+	}))
+	r.NoRoute(func(c *gin.Context) {
+		reply(c, fleetlock.Errorf(fleetlock.KindNotFound, "no such endpoint %s %s; FleetLock v1 serves POST %s and POST %s",
+			c.Request.Method, c.Request.URL.Path, joinPath(cfg.BasePath, fleetlock.PreRebootPath), joinPath(cfg.BasePath, fleetlock.SteadyStatePath)))
+	})
+	r.NoMethod(func(c *gin.Context) {
+		reply(c, fleetlock.Errorf(fleetlock.KindMethodNotAllowed, "%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
+	})
+
+	op := func(name string, decide func(context.Context, fleetlock.ClientParams) error) gin.HandlerFunc {
+		return func(c *gin.Context) {
+			start := time.Now()
+			err := serve(c, cfg.Ready, decide)
+			kind := "ok"
+			if err != nil {
+				kind = string(fleetlock.KindOf(err))
+			}
+			requests.WithLabelValues(name, kind).Inc()
+			duration.WithLabelValues(name).Observe(time.Since(start).Seconds())
+		}
+	}
+	r.POST(joinPath(cfg.BasePath, fleetlock.PreRebootPath), op("pre-reboot", d.PreReboot))
+	r.POST(joinPath(cfg.BasePath, fleetlock.SteadyStatePath), op("steady-state", d.SteadyState))
+
+	r.GET("/healthz", func(c *gin.Context) { c.String(http.StatusOK, "ok\n") })
+	r.GET("/readyz", func(c *gin.Context) {
+		if cfg.Ready != nil {
+			if err := cfg.Ready(); err != nil {
+				c.String(http.StatusServiceUnavailable, "not ready: %v\n", err)
+				return
+			}
+		}
+		c.String(http.StatusOK, "ok\n")
+	})
+	metrics := promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})
+	r.GET("/metrics", gin.WrapH(metrics))
+	return r
+}
+
+// serve checks and decodes one FleetLock request, runs the decision and
+// writes the reply. It returns the decision's error, or the protocol error.
+func serve(c *gin.Context, ready func() error, decide func(context.Context, fleetlock.ClientParams) error) error {
+	if ready != nil {
+		if err := ready(); err != nil {
+			fe := fleetlock.Errorf(fleetlock.KindUnavailable, "not ready to decide: %v", err)
+			reply(c, fe)
+			return fe
+		}
+	}
+	if c.GetHeader(fleetlock.Header) != "true" {
+		err := fleetlock.Errorf(fleetlock.KindMissingHeader, "the header %q must be \"true\"", fleetlock.Header)
+		reply(c, err)
+		return err
+	}
+	p, err := fleetlock.Decode(http.MaxBytesReader(c.Writer, c.Request.Body, fleetlock.MaxBodyBytes+1))
+	if err != nil {
+		reply(c, err)
+		return err
+	}
+	err = decide(c.Request.Context(), p)
+	if err != nil {
+		reply(c, err)
+		return err
+	}
+	c.JSON(http.StatusOK, gin.H{})
+	return nil
+}
+
+// reply writes err as a FleetLock error body with its kind's status.
+func reply(c *gin.Context, err error) {
+	var fe *fleetlock.Error
+	if !errors.As(err, &fe) {
+		fe = fleetlock.Errorf(fleetlock.KindInternal, "%v", err)
+	}
+	c.Header("Cache-Control", "no-store")
+	c.AbortWithStatusJSON(fe.Kind.Status(), fe)
+}
+
+func joinPath(base, p string) string {
+	return "/" + strings.TrimPrefix(strings.TrimSuffix(base, "/")+"/"+p, "/")
+}
+
+// NewServer returns an http.Server for h with bounded header size and read
+// timeouts, so slow or oversized clients cannot pin it. There is no write
+// timeout: a reply may legitimately take long.
+func NewServer(addr string, h http.Handler) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+}

@@ -1,0 +1,272 @@
+// Command arbiter is the reboot-manager FleetLock server: it grants reboot
+// slots per group, drains nodes before approving their reboot and puts them
+// back in service afterwards. Run with -h for its flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/rebootmanager/reboot-manager/arbiter"
+	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
+	"github.com/rebootmanager/reboot-manager/arbiter/drain"
+	"github.com/rebootmanager/reboot-manager/arbiter/groups"
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
+	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
+	"github.com/rebootmanager/reboot-manager/arbiter/reconcile"
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/envflag"
+	"github.com/rebootmanager/reboot-manager/shared/kubeclient"
+)
+
+// config is everything the flags and environment set.
+type config struct {
+	kubeconfig        string
+	listenAddress     string
+	namespace         string
+	basePath          string
+	groupsConfigMap   string
+	allowUnknownNodes bool
+	drain             drain.Config
+	drainWorkers      int
+	reconcileInterval time.Duration
+	leaderElection    bool
+	leaseName         string
+	identity          string
+	logFormat         string
+	logLevel          slog.Level
+}
+
+func parse(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("arbiter", flag.ContinueOnError)
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster, then $KUBECONFIG, then ~/.kube/config")
+	fs.StringVar(&c.listenAddress, "listen-address", ":8080", "address to serve FleetLock, /healthz, /readyz and /metrics on")
+	fs.StringVar(&c.namespace, "namespace", "reboot-manager", "namespace of the lock Leases, the groups ConfigMap and the leader-election Lease")
+	fs.StringVar(&c.basePath, "base-path", "/", "path prefix of the FleetLock endpoints (Zincati's base_url path)")
+	fs.StringVar(&c.groupsConfigMap, "groups-configmap", "reboot-manager-groups", "ConfigMap holding per-group slots under config.yaml")
+	fs.BoolVar(&c.allowUnknownNodes, "allow-unknown-nodes", false, "grant slots to ids that match no Node, as a plain semaphore without draining")
+	fs.BoolVar(&c.drain.Force, "drain-force", true, "evict pods that no controller manages (otherwise they block the drain)")
+	fs.BoolVar(&c.drain.DeleteEmptyDirData, "drain-delete-emptydir-data", true, "evict pods with emptyDir volumes (otherwise they block the drain)")
+	fs.IntVar(&c.drain.Concurrency, "drain-concurrency", 10, "evictions in flight per node")
+	fs.DurationVar(&c.drain.Timeout, "drain-timeout", 30*time.Minute, "drain time after which the node gets a DrainTimeout Warning Event (the drain goes on; 0 disables)")
+	fs.IntVar(&c.drainWorkers, "drain-workers", 4, "nodes drained in parallel")
+	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", 30*time.Second, "how often to release slots of deleted nodes and clean up leftover cordons")
+	fs.BoolVar(&c.leaderElection, "leader-election", true, "run the drainer and reconciler only on the elected replica")
+	fs.StringVar(&c.leaseName, "leader-election-lease", "reboot-manager-arbiter", "name of the leader-election Lease")
+	fs.StringVar(&c.identity, "pod-name", "", "this pod's name, from the downward API (its own pod is evicted last)")
+	podNamespace := fs.String("pod-namespace", "", "this pod's namespace, from the downward API")
+	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
+	fs.TextVar(&c.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.Usage = envflag.Usage(fs, "ARBITER", "arbiter: the reboot-manager FleetLock server")
+	if err := envflag.Parse(fs, "ARBITER", args, os.LookupEnv); err != nil {
+		return c, err
+	}
+	if c.logFormat != "json" && c.logFormat != "text" {
+		return c, fmt.Errorf("-log-format must be json or text, not %q", c.logFormat)
+	}
+	if c.drainWorkers < 1 || c.drain.Concurrency < 1 {
+		return c, errors.New("-drain-workers and -drain-concurrency must be at least 1")
+	}
+	if c.reconcileInterval <= 0 {
+		return c, errors.New("-reconcile-interval must be positive")
+	}
+	c.drain.Self = types.NamespacedName{Namespace: *podNamespace, Name: c.identity}
+	return c, nil
+}
+
+func main() {
+	cfg, err := parse(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "arbiter:", err)
+		os.Exit(2)
+	}
+	log := newLogger(cfg)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("arbiter failed", "err", err)
+		fmt.Fprintln(os.Stderr, "arbiter:", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(cfg config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	if cfg.logFormat == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	client, _, err := kubeclient.New(cfg.kubeconfig, "reboot-manager-arbiter")
+	if err != nil {
+		return err
+	}
+	if cfg.identity == "" {
+		host, _ := os.Hostname()
+		cfg.identity = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "reboot-manager"})
+
+	// Nodes: the whole cluster, indexed by Zincati id.
+	nodeFactory := informers.NewSharedInformerFactory(client, 0)
+	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+	if err := nodeInformer.AddIndexers(cache.Indexers{nodes.IDIndex: nodes.IndexByID}); err != nil {
+		return fmt.Errorf("add the Zincati id index: %w", err)
+	}
+	// Lock Leases and the groups ConfigMap: only ours, in our namespace.
+	lockFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(cfg.namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = lock.Label + "=true" }))
+	leases := lockFactory.Coordination().V1().Leases()
+	leaseInformer := leases.Informer()
+	cmFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(cfg.namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + cfg.groupsConfigMap }))
+	cmInformer := cmFactory.Core().V1().ConfigMaps().Informer()
+
+	settings := groups.NewStore()
+	setGroups := func(obj any) {
+		cm, _ := obj.(*corev1.ConfigMap)
+		if err := settings.Set(cm); err != nil {
+			log.Error("groups ConfigMap rejected; keeping the last good settings", "err", err)
+			return
+		}
+		log.Info("groups settings loaded", "configmap", cfg.groupsConfigMap, "deleted", cm == nil)
+	}
+	if _, err := cmInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    setGroups,
+		UpdateFunc: func(_, obj any) { setGroups(obj) },
+		DeleteFunc: func(any) { setGroups(nil) },
+	}); err != nil {
+		return fmt.Errorf("watch the groups ConfigMap: %w", err)
+	}
+
+	directory := nodes.New(client, nodeInformer, recorder)
+	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace)
+	drainer := drain.New(client, directory, cfg.drain, log)
+	reconciler := reconcile.New(directory, semaphore, recorder, cfg.namespace, cfg.reconcileInterval, log)
+	decider := coordinator.New(directory, semaphore, drainer, settings, coordinator.Config{AllowUnknownNodes: cfg.allowUnknownNodes}, log)
+
+	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { enqueueDraining(drainer, obj) },
+		UpdateFunc: func(_, obj any) { enqueueDraining(drainer, obj) },
+		DeleteFunc: func(any) { reconciler.Kick() },
+	}); err != nil {
+		return fmt.Errorf("watch nodes: %w", err)
+	}
+
+	for _, f := range []informers.SharedInformerFactory{nodeFactory, lockFactory, cmFactory} {
+		f.Start(ctx.Done())
+	}
+	var synced atomic.Bool
+	ready := func() error {
+		if !synced.Load() {
+			return errors.New("caches are not synced yet")
+		}
+		return nil
+	}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv := arbiter.NewServer(cfg.listenAddress, arbiter.Handler(decider, arbiter.Config{
+		BasePath: cfg.basePath, Ready: ready, Registry: registry,
+	}, log))
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.ListenAndServe() }()
+	log.Info("serving FleetLock", "address", cfg.listenAddress, "base_path", cfg.basePath, "namespace", cfg.namespace)
+
+	if !cache.WaitForCacheSync(ctx.Done(), nodeInformer.HasSynced, leaseInformer.HasSynced, cmInformer.HasSynced) {
+		return shutdown(srv, ctx.Err())
+	}
+	synced.Store(true)
+	log.Info("caches synced")
+
+	background := func(ctx context.Context) {
+		go drainer.Run(ctx, cfg.drainWorkers)
+		reconciler.Run(ctx)
+	}
+	if cfg.leaderElection {
+		go lead(ctx, client, cfg, log, background)
+	} else {
+		go background(ctx)
+	}
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve %s: %w", cfg.listenAddress, err)
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return shutdown(srv, nil)
+	}
+}
+
+func enqueueDraining(d *drain.Drainer, obj any) {
+	if n, ok := obj.(*corev1.Node); ok && n.Annotations[annotations.Status] == annotations.StatusDraining {
+		d.Enqueue(n.Name)
+	}
+}
+
+// lead runs fn while this replica holds the leader-election Lease.
+func lead(ctx context.Context, client kubernetes.Interface, cfg config, log *slog.Logger, fn func(context.Context)) {
+	rl := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Name: cfg.leaseName, Namespace: cfg.namespace},
+		Client:     client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.identity},
+	}
+	for ctx.Err() == nil {
+		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+			Lock:            rl,
+			ReleaseOnCancel: true,
+			LeaseDuration:   15 * time.Second,
+			RenewDeadline:   10 * time.Second,
+			RetryPeriod:     2 * time.Second,
+			Name:            cfg.leaseName,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(ctx context.Context) {
+					log.Info("leading: draining and reconciling", "identity", cfg.identity)
+					fn(ctx)
+				},
+				OnStoppedLeading: func() { log.Info("stopped leading", "identity", cfg.identity) },
+			},
+		})
+	}
+}
+
+func shutdown(srv *http.Server, cause error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		return fmt.Errorf("shut down the HTTP server: %w", err)
+	}
+	return cause
+}

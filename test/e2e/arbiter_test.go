@@ -1,0 +1,179 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
+	"github.com/rebootmanager/reboot-manager/test/fixtures"
+	"github.com/rebootmanager/reboot-manager/test/harness"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// arbiterBinary builds cmd/arbiter once per test run.
+func arbiterBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "arbiter-e2e")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "arbiter")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/arbiter")
+		cmd.Dir = cluster.Root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/arbiter: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// arbiter is a running arbiter process.
+type arbiter struct {
+	url    string
+	client *fleetlock.Client
+	ns     string
+}
+
+// startArbiter runs the real arbiter binary against the plane, with its
+// locks in namespace ns, and waits until it is ready.
+func startArbiter(t *testing.T, ns string, args ...string) *arbiter {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, arbiterBinary(t), append([]string{
+		"--kubeconfig", cluster.Kubeconfig, "--listen-address", addr, "--namespace", ns,
+		"--log-format", "text", "--reconcile-interval", "1s",
+	}, args...)...)
+	logFile, err := os.Create(filepath.Join(t.TempDir(), "arbiter.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cancel()
+			<-done
+		}
+		cancel()
+		if t.Failed() {
+			out, _ := os.ReadFile(logFile.Name())
+			t.Logf("arbiter log:\n%s", out)
+		}
+	})
+	a := &arbiter{url: "http://" + addr + "/", ns: ns}
+	a.client = &fleetlock.Client{BaseURL: a.url}
+	harness.Eventually(t, 30*time.Second, "arbiter ready", func() error {
+		return getOK(a.url + "readyz")
+	})
+	return a
+}
+
+func (a *arbiter) preReboot(id, group string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return a.client.PreReboot(ctx, fleetlock.ClientParams{ID: id, Group: group})
+}
+
+func (a *arbiter) steadyState(id, group string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return a.client.SteadyState(ctx, fleetlock.ClientParams{ID: id, Group: group})
+}
+
+// holders reads a group's holders from the API server.
+func holders(t *testing.T, ns, group string) []lock.Holder {
+	t.Helper()
+	l, err := cluster.Client.CoordinationV1().Leases(ns).Get(context.Background(), lock.ObjectName(group), metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	h, err := lock.Decode(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// simNode is a kwok node with its Zincati id.
+type simNode struct {
+	name, id string
+}
+
+// newNodes creates n kwok nodes labelled pool=ns and deletes them after the test.
+func newNodes(t *testing.T, ns string, n int, mutate func(i int, s *fixtures.NodeSpec)) []simNode {
+	t.Helper()
+	ctx := context.Background()
+	prefix := harness.Prefix(t)
+	out := make([]simNode, n)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		s := fixtures.NodeSpec{Name: fmt.Sprintf("%s-%d", prefix, i), Labels: map[string]string{"pool": ns}, MachineID: fixtures.RandomID()}
+		if mutate != nil {
+			mutate(i, &s)
+		}
+		id, err := zincatiid.FromMachineID(s.MachineID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = simNode{name: s.Name, id: id}
+		wg.Go(func() { _, errs[i] = fixtures.CreateNode(ctx, cluster.Client, s) })
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, s := range out {
+			fixtures.DeleteNodes(context.Background(), cluster.Client, s.name)
+		}
+	})
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+func getNode(t *testing.T, name string) *corev1.Node {
+	t.Helper()
+	n, err := cluster.Client.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

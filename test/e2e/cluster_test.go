@@ -1,0 +1,78 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rebootmanager/reboot-manager/arbiter/drain"
+	"github.com/rebootmanager/reboot-manager/test/fixtures"
+	"github.com/rebootmanager/reboot-manager/test/harness"
+)
+
+// TestPlaneEnforcesPDB checks the plane itself: a kwok node runs pods, and
+// an eviction that a PodDisruptionBudget forbids gets 429, while one it
+// allows succeeds and the pod goes away.
+func TestPlaneEnforcesPDB(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := cluster.Client
+	ns := cluster.Namespace(t)
+	node := harness.Prefix(t)
+	if _, err := fixtures.CreateNode(ctx, c, fixtures.NodeSpec{Name: node, Labels: map[string]string{"pool": ns}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fixtures.DeleteNodes(context.Background(), c, node) })
+
+	dep, pdb := fixtures.Deployment(ns, "web", ns, 2, 2)
+	if _, err := c.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fixtures.WaitRunning(ctx, c, ns, "app=web", 2); err != nil {
+		t.Fatalf("pods of web never ran: %v", err)
+	}
+	if err := fixtures.WaitPDBAllows(ctx, c, ns, "web", 0); err != nil {
+		t.Fatalf("PDB status never settled: %v", err)
+	}
+	pods, err := fixtures.PodsOn(ctx, c, ns, node)
+	if err != nil || len(pods) != 2 {
+		t.Fatalf("pods on %s = %d, %v; want 2", node, len(pods), err)
+	}
+
+	err = drain.Evict(ctx, c, ns, pods[0].Name)
+	if !apierrors.IsTooManyRequests(err) {
+		t.Fatalf("eviction against minAvailable=2 = %v, want 429", err)
+	}
+	if why := drain.Describe(err); why == "" || !contains(why, "PodDisruptionBudget") {
+		t.Errorf("Describe(429) = %q, want it to name the PodDisruptionBudget", why)
+	}
+
+	pdb.Spec.MinAvailable.IntVal = 1
+	cur, err := c.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Spec.MinAvailable = pdb.Spec.MinAvailable
+	if _, err := c.PolicyV1().PodDisruptionBudgets(ns).Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fixtures.WaitPDBAllows(ctx, c, ns, "web", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := drain.Evict(ctx, c, ns, pods[0].Name); err != nil {
+		t.Fatalf("eviction against minAvailable=1: %v", err)
+	}
+	harness.Eventually(t, 20*time.Second, "evicted pod gone", func() error {
+		_, err := c.CoreV1().Pods(ns).Get(ctx, pods[0].Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return errorf("pod %s still exists (%v)", pods[0].Name, err)
+	})
+}

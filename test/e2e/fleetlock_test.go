@@ -1,0 +1,356 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rebootmanager/reboot-manager/arbiter/groups"
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+	"github.com/rebootmanager/reboot-manager/test/fixtures"
+	"github.com/rebootmanager/reboot-manager/test/harness"
+)
+
+// setGroups writes the groups ConfigMap the arbiter watches.
+func setGroups(t *testing.T, ns, doc string) {
+	t.Helper()
+	ctx := context.Background()
+	cms := cluster.Client.CoreV1().ConfigMaps(ns)
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "reboot-manager-groups"}, Data: map[string]string{groups.ConfigKey: doc}}
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); apierrors.IsNotFound(err) {
+		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func rawPost(t *testing.T, url, body string, header map[string]string) (int, fleetlock.Error) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var fe fleetlock.Error
+	_ = json.Unmarshal(raw, &fe)
+	return resp.StatusCode, fe
+}
+
+// TestProtocol sends Zincati's exact wire format and the protocol's error
+// cases to the real arbiter.
+func TestProtocol(t *testing.T) {
+	ns := cluster.Namespace(t)
+	nodes := newNodes(t, ns, 1, nil)
+	a := startArbiter(t, ns)
+	zincati := "{\n  \"client_params\": {\n    \"id\": \"" + nodes[0].id + "\",\n    \"group\": \"default\"\n  }\n}"
+	hdr := map[string]string{"fleet-lock-protocol": "true"}
+
+	tests := []struct {
+		name       string
+		path, body string
+		header     map[string]string
+		wantStatus int
+		wantKind   fleetlock.Kind
+		wantValue  string
+	}{
+		{"steady-state from a non-holder is 200", "v1/steady-state", zincati, hdr, 200, "", ""},
+		{"zincati pre-reboot of an empty node is approved", "v1/pre-reboot", zincati, hdr, 200, "", ""},
+		{"recursive pre-reboot is 200 again", "v1/pre-reboot", zincati, hdr, 200, "", ""},
+		{"missing header", "v1/pre-reboot", zincati, nil, 400, fleetlock.KindMissingHeader, "fleet-lock-protocol"},
+		{"curl -d form content type", "v1/steady-state", zincati,
+			map[string]string{"fleet-lock-protocol": "true", "Content-Type": "application/x-www-form-urlencoded"}, 200, "", ""},
+		{"unknown node", "v1/pre-reboot", `{"client_params":{"id":"0123456789abcdef0123456789abcdef","group":"default"}}`, hdr,
+			404, fleetlock.KindUnknownNode, "deploy the reboot-manager agent"},
+		{"bad group", "v1/pre-reboot", `{"client_params":{"id":"x","group":"no/slash"}}`, hdr, 400, fleetlock.KindBadRequest, "group"},
+		{"unknown path", "v1/pre-reboot/", zincati, hdr, 404, fleetlock.KindNotFound, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, fe := rawPost(t, a.url+tt.path, tt.body, tt.header)
+			if status != tt.wantStatus {
+				t.Fatalf("status = %d (%+v), want %d", status, fe, tt.wantStatus)
+			}
+			if fe.Kind != tt.wantKind || !strings.Contains(fe.Value, tt.wantValue) {
+				t.Errorf("reply = %+v, want kind %q with value containing %q", fe, tt.wantKind, tt.wantValue)
+			}
+		})
+	}
+	if h := holders(t, ns, "default"); len(h) != 0 {
+		t.Errorf("holders after the holder's steady-state = %+v, want none", h)
+	}
+	n := getNode(t, nodes[0].name)
+	if n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusReady {
+		t.Errorf("node after the cycle: unschedulable=%v status=%q, want schedulable and Ready", n.Spec.Unschedulable, n.Annotations[annotations.Status])
+	}
+}
+
+// TestDrainGatedOnPDB walks a full reboot cycle of a node whose pods are
+// protected by a PodDisruptionBudget: no approval while the budget blocks,
+// approval only once every evictable pod is gone, DaemonSet and mirror pods
+// left alone, and the node back in service after steady-state.
+func TestDrainGatedOnPDB(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := cluster.Client
+	ns := cluster.Namespace(t)
+	target := newNodes(t, ns, 1, nil)[0]
+
+	dep, pdb := fixtures.Deployment(ns, "web", ns, 2, 2)
+	must(t, create(ctx, c.AppsV1().Deployments(ns).Create, dep))
+	must(t, create(ctx, c.PolicyV1().PodDisruptionBudgets(ns).Create, pdb))
+	must(t, create(ctx, c.AppsV1().DaemonSets(ns).Create, fixtures.DaemonSet(ns, "agent", ns)))
+	must(t, create(ctx, c.CoreV1().Pods(ns).Create, fixtures.BarePod(ns, "bare", target.name)))
+	must(t, create(ctx, c.CoreV1().Pods(ns).Create, fixtures.MirrorPod(ns, "static", target.name)))
+	must(t, fixtures.WaitRunning(ctx, c, ns, "app=web", 2))
+	must(t, fixtures.WaitRunning(ctx, c, ns, "app=agent", 1))
+	must(t, fixtures.WaitPDBAllows(ctx, c, ns, "web", 0))
+	// Only now a second node, where the evicted pods can go.
+	newNodes(t, ns, 1, nil)
+
+	a := startArbiter(t, ns)
+	var last error
+	harness.Eventually(t, 30*time.Second, "the PDB named in the reply", func() error {
+		last = a.preReboot(target.id, "default")
+		if !fleetlock.IsKind(last, fleetlock.KindDrainInProgress) {
+			t.Fatalf("pre-reboot while a PDB blocks = %v, want drain_in_progress", last)
+		}
+		if !strings.Contains(last.Error(), "PodDisruptionBudget") {
+			return last
+		}
+		return nil
+	})
+	if !strings.Contains(last.Error(), "ns/web") && !strings.Contains(last.Error(), ns+"/web") {
+		t.Errorf("reply %q does not name the blocked pods", last)
+	}
+	n := getNode(t, target.name)
+	if !n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusDraining ||
+		n.Annotations[annotations.CordonedBy] != annotations.CordonOwner {
+		t.Fatalf("node while draining: unschedulable=%v annotations=%v", n.Spec.Unschedulable, n.Annotations)
+	}
+	// Still blocked a little later: the budget holds.
+	time.Sleep(2 * time.Second)
+	if err := a.preReboot(target.id, "default"); !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
+		t.Fatalf("pre-reboot while the PDB still blocks = %v, want drain_in_progress", err)
+	}
+
+	cur, err := c.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
+	must(t, err)
+	cur.Spec.MinAvailable.IntVal = 1
+	_, err = c.PolicyV1().PodDisruptionBudgets(ns).Update(ctx, cur, metav1.UpdateOptions{})
+	must(t, err)
+
+	harness.Eventually(t, 60*time.Second, "reboot approved", func() error {
+		err := a.preReboot(target.id, "default")
+		if err != nil && !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
+			t.Fatalf("pre-reboot while draining = %v, want drain_in_progress or approval", err)
+		}
+		if err == nil {
+			// Approved: nothing evictable may be left on the node.
+			pods, err := fixtures.PodsOn(ctx, c, ns, target.name)
+			must(t, err)
+			for _, p := range pods {
+				if p.Labels["app"] != "agent" && p.Name != "static" {
+					t.Fatalf("reboot approved while pod %s (deleting=%v) is on the node", p.Name, p.DeletionTimestamp != nil)
+				}
+			}
+			if len(pods) != 2 {
+				t.Fatalf("pods left on the node = %d, want the DaemonSet pod and the mirror pod", len(pods))
+			}
+		}
+		return err
+	})
+	if n := getNode(t, target.name); n.Annotations[annotations.Status] != annotations.StatusRebooting {
+		t.Errorf("status after approval = %q, want Rebooting", n.Annotations[annotations.Status])
+	}
+	must(t, fixtures.Reboot(ctx, c, target.name, 200*time.Millisecond))
+	must(t, a.steadyState(target.id, "default"))
+	n = getNode(t, target.name)
+	if n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusReady || n.Annotations[annotations.CordonedBy] != "" {
+		t.Errorf("node after steady-state: unschedulable=%v annotations=%v", n.Spec.Unschedulable, n.Annotations)
+	}
+	if h := holders(t, ns, "default"); len(h) != 0 {
+		t.Errorf("holders after steady-state = %+v", h)
+	}
+	harness.Eventually(t, 10*time.Second, "Events on the node", func() error {
+		evs, err := c.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + target.name})
+		if err != nil {
+			return err
+		}
+		seen := map[string]bool{}
+		for _, e := range evs.Items {
+			seen[e.Reason] = true
+		}
+		for _, r := range []string{"DrainStarted", "EvictionBlocked", "Drained", "RebootApproved", "Released", "Uncordoned"} {
+			if !seen[r] {
+				return errorf("no %s Event yet (have %v)", r, seen)
+			}
+		}
+		return nil
+	})
+}
+
+// TestAdminCordonPreserved: a node an admin cordoned stays cordoned after
+// its reboot cycle.
+func TestAdminCordonPreserved(t *testing.T) {
+	ns := cluster.Namespace(t)
+	node := newNodes(t, ns, 1, func(_ int, s *fixtures.NodeSpec) { s.Unschedulable = true })[0]
+	a := startArbiter(t, ns)
+	must(t, a.preReboot(node.id, "default"))
+	if n := getNode(t, node.name); n.Annotations[annotations.CordonedBy] != "" {
+		t.Fatalf("arbiter claimed an admin's cordon: %v", n.Annotations)
+	}
+	must(t, a.steadyState(node.id, "default"))
+	n := getNode(t, node.name)
+	if !n.Spec.Unschedulable {
+		t.Fatal("steady-state uncordoned a node an admin had cordoned")
+	}
+	if n.Annotations[annotations.Status] != annotations.StatusReady {
+		t.Errorf("status = %q, want Ready", n.Annotations[annotations.Status])
+	}
+}
+
+// TestSlotsAndGroups: recursive locking, slots of 2, independent groups
+// (including a group that is not a DNS label) and a live slot change.
+func TestSlotsAndGroups(t *testing.T) {
+	ns := cluster.Namespace(t)
+	setGroups(t, ns, "groups: {workers: {slots: 2}}")
+	nodes := newNodes(t, ns, 5, nil)
+	a := startArbiter(t, ns)
+
+	must(t, a.preReboot(nodes[0].id, "workers"))
+	must(t, a.preReboot(nodes[0].id, "workers")) // recursive
+	must(t, a.preReboot(nodes[1].id, "workers"))
+	err := a.preReboot(nodes[2].id, "workers")
+	if !fleetlock.IsKind(err, fleetlock.KindLockHeld) || !strings.Contains(err.Error(), nodes[0].name) {
+		t.Fatalf("third pre-reboot in a 2-slot group = %v, want lock_held naming the holders", err)
+	}
+	if h := holders(t, ns, "workers"); len(h) != 2 {
+		t.Fatalf("holders = %+v, want 2", h)
+	}
+	// Another group has its own semaphore, default 1 slot.
+	must(t, a.preReboot(nodes[3].id, "Group-A.1"))
+	if err := a.preReboot(nodes[4].id, "Group-A.1"); !fleetlock.IsKind(err, fleetlock.KindLockHeld) {
+		t.Fatalf("second pre-reboot in a 1-slot group = %v, want lock_held", err)
+	}
+	// A live change: 3 slots for workers, no restart.
+	setGroups(t, ns, "groups: {workers: {slots: 3}}")
+	harness.Eventually(t, 10*time.Second, "the third slot", func() error { return a.preReboot(nodes[2].id, "workers") })
+	// Shrinking below the holders keeps them; they drain out.
+	setGroups(t, ns, "groups: {workers: {slots: 1}}")
+	time.Sleep(500 * time.Millisecond)
+	must(t, a.steadyState(nodes[0].id, "workers"))
+	if h := holders(t, ns, "workers"); len(h) != 2 {
+		t.Fatalf("holders after one release = %+v, want 2", h)
+	}
+	if err := a.preReboot(nodes[0].id, "workers"); !fleetlock.IsKind(err, fleetlock.KindLockHeld) {
+		t.Fatalf("pre-reboot over a shrunk group = %v, want lock_held", err)
+	}
+}
+
+// TestStaleLocks: a slot held by a deleted Node is released on its own, and
+// a steady-state from an id that no longer maps to a Node still releases.
+func TestStaleLocks(t *testing.T) {
+	ns := cluster.Namespace(t)
+	nodes := newNodes(t, ns, 2, nil)
+	a := startArbiter(t, ns)
+
+	must(t, a.preReboot(nodes[0].id, "default"))
+	fixtures.DeleteNodes(context.Background(), cluster.Client, nodes[0].name)
+	harness.Eventually(t, 15*time.Second, "the deleted node's slot released", func() error {
+		if h := holders(t, ns, "default"); len(h) != 0 {
+			return errorf("holders = %+v", h)
+		}
+		return nil
+	})
+
+	must(t, a.preReboot(nodes[1].id, "default"))
+	// The node's machine id changes: its Zincati id maps to nothing now.
+	_, err := cluster.Client.CoreV1().Nodes().PatchStatus(context.Background(), nodes[1].name,
+		[]byte(`{"status":{"nodeInfo":{"machineID":"`+fixtures.RandomID()+`"}}}`))
+	must(t, err)
+	time.Sleep(500 * time.Millisecond)
+	must(t, a.steadyState(nodes[1].id, "default"))
+	if h := holders(t, ns, "default"); len(h) != 0 {
+		t.Fatalf("holders after a steady-state from an unknown id = %+v, want none", h)
+	}
+	// The node reboots; the reconciler puts it, holding no slot now, back in service.
+	must(t, fixtures.Reboot(context.Background(), cluster.Client, nodes[1].name, 100*time.Millisecond))
+	harness.Eventually(t, 15*time.Second, "orphaned cordon cleaned up", func() error {
+		if n := getNode(t, nodes[1].name); n.Spec.Unschedulable {
+			return errorf("node %s still cordoned", n.Name)
+		}
+		return nil
+	})
+}
+
+// TestConcurrentPreReboots: 20 nodes ask at once; exactly slots are approved.
+func TestConcurrentPreReboots(t *testing.T) {
+	for _, slots := range []int{1, 3} {
+		t.Run(strings.Repeat("s", slots), func(t *testing.T) {
+			ns := cluster.Namespace(t)
+			setGroups(t, ns, "defaults: {slots: "+string(rune('0'+slots))+"}")
+			nodes := newNodes(t, ns, 20, nil)
+			a := startArbiter(t, ns)
+			var wg sync.WaitGroup
+			results := make([]error, len(nodes))
+			start := make(chan struct{})
+			for i, n := range nodes {
+				wg.Go(func() {
+					<-start
+					results[i] = a.preReboot(n.id, "race")
+				})
+			}
+			close(start)
+			wg.Wait()
+			granted := 0
+			for i, err := range results {
+				switch {
+				case err == nil:
+					granted++
+				case fleetlock.IsKind(err, fleetlock.KindLockHeld), fleetlock.IsKind(err, fleetlock.KindUnavailable):
+				default:
+					t.Errorf("node %d: %v", i, err)
+				}
+			}
+			if granted != slots {
+				t.Errorf("granted = %d, want exactly %d", granted, slots)
+			}
+			if h := holders(t, ns, "race"); len(h) != slots {
+				t.Errorf("holders = %d, want %d", len(h), slots)
+			}
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func create[T any](ctx context.Context, fn func(context.Context, T, metav1.CreateOptions) (T, error), obj T) error {
+	_, err := fn(ctx, obj, metav1.CreateOptions{})
+	return err
+}

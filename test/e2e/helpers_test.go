@@ -1,0 +1,23 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+func getOK(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
