@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# run.sh is `make run`: the local plane (started by make), simulated nodes
+# and workloads, and the arbiter serving FleetLock on 127.0.0.1:8080 in the
+# foreground. Ctrl-C stops the arbiter and the plane.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+addr=${ARBITER_LISTEN_ADDRESS:-127.0.0.1:8080}
+trap 'test/cluster/cluster.sh down' EXIT
+go run ./test/seed -kubeconfig .cluster/kubeconfig -url "http://$addr/"
+bin/arbiter --kubeconfig .cluster/kubeconfig --listen-address "$addr" --log-format text &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; test/cluster/cluster.sh down' EXIT
+trap 'exit 0' INT TERM
+wait $pid

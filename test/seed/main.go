@@ -1,0 +1,110 @@
+// Command seed fills the local control plane for `make run`: a few kwok
+// nodes with known machine ids, a Deployment guarded by a
+// PodDisruptionBudget, a DaemonSet, and the arbiter's namespace. It prints
+// the curl commands that drive FleetLock by hand for the first node.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
+	"github.com/rebootmanager/reboot-manager/test/fixtures"
+)
+
+func main() {
+	kubeconfig := flag.String("kubeconfig", ".cluster/kubeconfig", "admin kubeconfig of the local plane")
+	nodes := flag.Int("nodes", 4, "simulated nodes to create")
+	url := flag.String("url", "http://127.0.0.1:8080/", "the arbiter's base URL, for the printed commands")
+	flag.Parse()
+	if err := run(*kubeconfig, *nodes, *url); err != nil {
+		fmt.Fprintln(os.Stderr, "seed:", err)
+		os.Exit(1)
+	}
+}
+
+func run(kubeconfig string, count int, url string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load %s: %w", kubeconfig, err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	for _, ns := range []string{"reboot-manager", "demo"} {
+		_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create namespace %s: %w", ns, err)
+		}
+	}
+	var first string
+	for i := range count {
+		// Fixed machine ids, so the printed ids are the same every run.
+		machineID := fmt.Sprintf("%032x", 0x1c09ca98649c4c7a+i)
+		name := fmt.Sprintf("fcos-%d", i)
+		if _, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); err == nil {
+			if i == 0 {
+				first = machineID
+			}
+			continue
+		}
+		if _, err := fixtures.CreateNode(ctx, c, fixtures.NodeSpec{Name: name, MachineID: machineID, Labels: map[string]string{"pool": "demo"}}); err != nil {
+			return err
+		}
+		if i == 0 {
+			first = machineID
+		}
+	}
+	dep, pdb := fixtures.Deployment("demo", "web", "demo", int32(2*count), int32(2*count-1))
+	for _, create := range []func() error{
+		func() error {
+			_, err := c.AppsV1().Deployments("demo").Create(ctx, dep, metav1.CreateOptions{})
+			return err
+		},
+		func() error {
+			_, err := c.PolicyV1().PodDisruptionBudgets("demo").Create(ctx, pdb, metav1.CreateOptions{})
+			return err
+		},
+		func() error {
+			_, err := c.AppsV1().DaemonSets("demo").Create(ctx, fixtures.DaemonSet("demo", "node-agent", "demo"), metav1.CreateOptions{})
+			return err
+		},
+	} {
+		if err := create(); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create demo workloads: %w", err)
+		}
+	}
+	if err := fixtures.WaitRunning(ctx, c, "demo", "app=web", 2*count); err != nil {
+		return fmt.Errorf("wait for the demo pods: %w", err)
+	}
+	id, err := zincatiid.FromMachineID(first)
+	if err != nil {
+		return err
+	}
+	body := fmt.Sprintf(`{"client_params":{"id":"%s","group":"default"}}`, id)
+	fmt.Printf(`
+%d simulated nodes (fcos-0…) run demo/web (%d pods, PodDisruptionBudget minAvailable=%d) and a DaemonSet.
+Node fcos-0 has machine id %s, so Zincati would send id %s.
+
+Ask to reboot fcos-0 (repeat it: 423 drain_in_progress while its pods leave, then 200):
+  curl -sS -H 'fleet-lock-protocol: true' -d '%s' %sv1/pre-reboot; echo
+Watch it:
+  . .cluster/env; kubectl get nodes -L rebootmanager/status; kubectl get pods -n demo -o wide
+Report it back up (releases the slot and uncordons):
+  curl -sS -H 'fleet-lock-protocol: true' -d '%s' %sv1/steady-state; echo
+
+`, count, 2*count, 2*count-1, first, id, body, url, body, url)
+	return nil
+}
