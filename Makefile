@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build test unit e2e vet fmt-check run cluster-up cluster-down bench manifests images clean
+.PHONY: all build test unit e2e vet fmt-check run cluster-up cluster-down bench clean
 
 all: build
 
@@ -27,6 +27,10 @@ unit:
 
 e2e: cluster-up
 	$(GO) test -count=1 -timeout 20m ./test/...
+
+## bench: benchmarks against the local plane (numbers for closing notes).
+bench: cluster-up
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./test/e2e/
 
 cluster-up:
 	test/cluster/cluster.sh up

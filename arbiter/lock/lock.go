@@ -134,15 +134,7 @@ func (s *Semaphore) All() (map[string][]Holder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list lock objects: %w", err)
 	}
-	all := make(map[string][]Holder, len(leases))
-	for _, l := range leases {
-		holders, err := Decode(l)
-		if err != nil {
-			return nil, err
-		}
-		all[l.Annotations[annotations.LockGroup]] = holders
-	}
-	return all, nil
+	return byGroup(leases)
 }
 
 // Fresh returns every group's holders read from the API server, for
@@ -152,13 +144,21 @@ func (s *Semaphore) Fresh(ctx context.Context) (map[string][]Holder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list lock objects: %w", err)
 	}
-	all := make(map[string][]Holder, len(list.Items))
+	leases := make([]*coordinationv1.Lease, len(list.Items))
 	for i := range list.Items {
-		holders, err := Decode(&list.Items[i])
+		leases[i] = &list.Items[i]
+	}
+	return byGroup(leases)
+}
+
+func byGroup(leases []*coordinationv1.Lease) (map[string][]Holder, error) {
+	all := make(map[string][]Holder, len(leases))
+	for _, l := range leases {
+		holders, err := Decode(l)
 		if err != nil {
 			return nil, err
 		}
-		all[list.Items[i].Annotations[annotations.LockGroup]] = holders
+		all[l.Annotations[annotations.LockGroup]] = holders
 	}
 	return all, nil
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -282,15 +281,3 @@ func nodeRef(name string) *corev1.ObjectReference {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// Describe summarises a node's reboot state for messages.
-func Describe(n *corev1.Node) string {
-	var parts []string
-	if s := n.Annotations[annotations.Status]; s != "" {
-		parts = append(parts, "status "+s)
-	}
-	if n.Spec.Unschedulable {
-		parts = append(parts, "cordoned")
-	}
-	return strings.Join(parts, ", ")
-}

@@ -28,7 +28,7 @@ var (
 )
 
 // arbiterBinary builds cmd/arbiter once per test run.
-func arbiterBinary(t *testing.T) string {
+func arbiterBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "arbiter-e2e")
@@ -59,7 +59,7 @@ type arbiter struct {
 
 // startArbiter runs the real arbiter binary against the plane, with its
 // locks in namespace ns, and waits until it is ready.
-func startArbiter(t *testing.T, ns string, args ...string) *arbiter {
+func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -136,7 +136,7 @@ type simNode struct {
 }
 
 // newNodes creates n kwok nodes labelled pool=ns and deletes them after the test.
-func newNodes(t *testing.T, ns string, n int, mutate func(i int, s *fixtures.NodeSpec)) []simNode {
+func newNodes(t testing.TB, ns string, n int, mutate func(i int, s *fixtures.NodeSpec)) []simNode {
 	t.Helper()
 	ctx := context.Background()
 	prefix := harness.Prefix(t)
