@@ -197,7 +197,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return nil
 	}
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }))
 	srv := arbiter.NewServer(cfg.listenAddress, arbiter.Handler(decider, arbiter.Config{
 		BasePath: cfg.basePath, Ready: ready, Registry: registry,
 	}, log))

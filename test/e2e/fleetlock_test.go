@@ -248,6 +248,17 @@ func TestSlotsAndGroups(t *testing.T) {
 	if h := holders(t, ns, "workers"); len(h) != 2 {
 		t.Fatalf("holders = %+v, want 2", h)
 	}
+	harness.Eventually(t, 10*time.Second, "holders in /metrics", func() error {
+		m := getBody(t, a.url+"metrics")
+		for _, want := range []string{`rebootmanager_slots_held{group="workers"} 2`, `rebootmanager_slots{group="workers"} 2`,
+			`rebootmanager_lock_held_seconds{group="workers",id="` + nodes[0].id + `",node="` + nodes[0].name + `"}`,
+			`rebootmanager_fleetlock_requests_total{kind="lock_held",operation="pre-reboot"} 1`} {
+			if !strings.Contains(m, want) {
+				return errorf("/metrics lacks %s", want)
+			}
+		}
+		return nil
+	})
 	// Another group has its own semaphore, default 1 slot.
 	must(t, a.preReboot(nodes[3].id, "Group-A.1"))
 	if err := a.preReboot(nodes[4].id, "Group-A.1"); !fleetlock.IsKind(err, fleetlock.KindLockHeld) {

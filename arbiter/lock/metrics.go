@@ -1,0 +1,52 @@
+package lock
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exports the holders seen in the cache as Prometheus metrics.
+type Collector struct {
+	sem   *Semaphore
+	slots func(group string) int
+	held  *prometheus.Desc
+	total *prometheus.Desc
+	age   *prometheus.Desc
+}
+
+// NewCollector returns a Collector over s; slots gives a group's current
+// slot count.
+func NewCollector(s *Semaphore, slots func(group string) int) *Collector {
+	return &Collector{
+		sem:   s,
+		slots: slots,
+		held:  prometheus.NewDesc("rebootmanager_slots_held", "Reboot slots held, by group.", []string{"group"}, nil),
+		total: prometheus.NewDesc("rebootmanager_slots", "Reboot slots configured, by group with a lock object.", []string{"group"}, nil),
+		age:   prometheus.NewDesc("rebootmanager_lock_held_seconds", "How long each holder has held its slot.", []string{"group", "node", "id"}, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.held
+	ch <- c.total
+	ch <- c.age
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	all, err := c.sem.All()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.held, err)
+		return
+	}
+	now := c.sem.now()
+	for group, holders := range all {
+		ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(len(holders)), group)
+		ch <- prometheus.MustNewConstMetric(c.total, prometheus.GaugeValue, float64(c.slots(group)), group)
+		for _, h := range holders {
+			ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, now.Sub(h.Since).Round(time.Second).Seconds(), group, h.Node, h.ID)
+		}
+	}
+}
