@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -213,21 +214,34 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	log.Info("caches synced")
 
 	background := func(ctx context.Context) {
-		go drainer.Run(ctx, cfg.drainWorkers)
+		var wg sync.WaitGroup
+		wg.Go(func() { drainer.Run(ctx, cfg.drainWorkers) })
 		reconciler.Run(ctx)
+		wg.Wait()
 	}
-	if cfg.leaderElection {
-		go lead(ctx, client, cfg, log, background)
-	} else {
-		go background(ctx)
-	}
+	// On shutdown, wait for the leader to give up its Lease, so the next
+	// replica takes over at once instead of after the lease duration.
+	leaderDone := make(chan struct{})
+	go func() {
+		defer close(leaderDone)
+		if cfg.leaderElection {
+			lead(ctx, client, cfg, log, background)
+		} else {
+			background(ctx)
+		}
+	}()
 
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("serve %s: %w", cfg.listenAddress, err)
 	case <-ctx.Done():
 		log.Info("shutting down")
-		return shutdown(srv, nil)
+		err := shutdown(srv, nil)
+		select {
+		case <-leaderDone:
+		case <-time.After(5 * time.Second):
+		}
+		return err
 	}
 }
 

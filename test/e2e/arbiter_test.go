@@ -55,6 +55,7 @@ type arbiter struct {
 	url    string
 	client *fleetlock.Client
 	ns     string
+	stop   func()
 }
 
 // startArbiter runs the real arbiter binary against the plane, with its
@@ -82,7 +83,7 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		select {
 		case <-done:
@@ -91,12 +92,15 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 			<-done
 		}
 		cancel()
+	})
+	t.Cleanup(func() {
+		stop()
 		if t.Failed() {
 			out, _ := os.ReadFile(logFile.Name())
 			t.Logf("arbiter log:\n%s", out)
 		}
 	})
-	a := &arbiter{url: "http://" + addr + "/", ns: ns}
+	a := &arbiter{url: "http://" + addr + "/", ns: ns, stop: stop}
 	a.client = &fleetlock.Client{BaseURL: a.url}
 	harness.Eventually(t, 30*time.Second, "arbiter ready", func() error {
 		return getOK(a.url + "readyz")

@@ -365,3 +365,45 @@ func create[T any](ctx context.Context, fn func(context.Context, T, metav1.Creat
 	_, err := fn(ctx, obj, metav1.CreateOptions{})
 	return err
 }
+
+// TestDrainResumesAfterRestart: the drain's state is in the API, so a new
+// arbiter process picks up a drain the old one started, with no request.
+func TestDrainResumesAfterRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := cluster.Client
+	ns := cluster.Namespace(t)
+	target := newNodes(t, ns, 1, nil)[0]
+	dep, pdb := fixtures.Deployment(ns, "db", ns, 1, 1)
+	must(t, create(ctx, c.AppsV1().Deployments(ns).Create, dep))
+	must(t, create(ctx, c.PolicyV1().PodDisruptionBudgets(ns).Create, pdb))
+	must(t, fixtures.WaitRunning(ctx, c, ns, "app=db", 1))
+	must(t, fixtures.WaitPDBAllows(ctx, c, ns, "db", 0))
+	newNodes(t, ns, 1, nil)
+
+	first := startArbiter(t, ns)
+	if err := first.preReboot(target.id, "default"); !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
+		t.Fatalf("pre-reboot = %v, want drain_in_progress", err)
+	}
+	first.stop()
+
+	// While no arbiter runs, the budget is relaxed.
+	cur, err := c.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "db", metav1.GetOptions{})
+	must(t, err)
+	cur.Spec.MinAvailable.IntVal = 0
+	_, err = c.PolicyV1().PodDisruptionBudgets(ns).Update(ctx, cur, metav1.UpdateOptions{})
+	must(t, err)
+
+	second := startArbiter(t, ns)
+	harness.Eventually(t, 60*time.Second, "the new arbiter finishes the drain on its own", func() error {
+		pods, err := fixtures.PodsOn(ctx, c, ns, target.name)
+		if err != nil {
+			return err
+		}
+		if len(pods) > 0 {
+			return errorf("%d pods still on the node", len(pods))
+		}
+		return nil
+	})
+	must(t, second.preReboot(target.id, "default"))
+}
