@@ -368,6 +368,7 @@ func create[T any](ctx context.Context, fn func(context.Context, T, metav1.Creat
 
 // TestDrainResumesAfterRestart: the drain's state is in the API, so a new
 // arbiter process picks up a drain the old one started, with no request.
+// The arbiter's own pod is evicted last.
 func TestDrainResumesAfterRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -379,11 +380,18 @@ func TestDrainResumesAfterRestart(t *testing.T) {
 	must(t, create(ctx, c.PolicyV1().PodDisruptionBudgets(ns).Create, pdb))
 	must(t, fixtures.WaitRunning(ctx, c, ns, "app=db", 1))
 	must(t, fixtures.WaitPDBAllows(ctx, c, ns, "db", 0))
+	// The arbiter's own pod runs on the node too: it must go last.
+	must(t, create(ctx, c.CoreV1().Pods(ns).Create, fixtures.BarePod(ns, "self", target.name)))
 	newNodes(t, ns, 1, nil)
+	self := []string{"--pod-namespace", ns, "--pod-name", "self"}
 
-	first := startArbiter(t, ns)
+	first := startArbiter(t, ns, self...)
 	if err := first.preReboot(target.id, "default"); !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
 		t.Fatalf("pre-reboot = %v, want drain_in_progress", err)
+	}
+	time.Sleep(time.Second)
+	if p, err := c.CoreV1().Pods(ns).Get(ctx, "self", metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil {
+		t.Fatalf("the arbiter's own pod was evicted while another pod remained (err %v)", err)
 	}
 	first.stop()
 
@@ -394,7 +402,7 @@ func TestDrainResumesAfterRestart(t *testing.T) {
 	_, err = c.PolicyV1().PodDisruptionBudgets(ns).Update(ctx, cur, metav1.UpdateOptions{})
 	must(t, err)
 
-	second := startArbiter(t, ns)
+	second := startArbiter(t, ns, self...)
 	harness.Eventually(t, 60*time.Second, "the new arbiter finishes the drain on its own", func() error {
 		pods, err := fixtures.PodsOn(ctx, c, ns, target.name)
 		if err != nil {
