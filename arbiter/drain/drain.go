@@ -42,6 +42,10 @@ type Config struct {
 	// gets a Warning Event. The drain goes on: a reboot is never approved
 	// before the node is empty.
 	Timeout time.Duration
+	// PodTimeout, when positive, is how long one pod may resist eviction or
+	// stay terminating before it is named as stuck, in a Warning Event and in
+	// the drain message. It is still never skipped.
+	PodTimeout time.Duration
 	// Self is the arbiter's own pod, evicted only when nothing else is left.
 	Self types.NamespacedName
 }
@@ -102,7 +106,8 @@ type Drainer struct {
 	now    func() time.Time
 
 	mu       sync.Mutex
-	reported map[string]string // node → the last state reported by Event
+	reported map[string]string                  // node → the last state reported by Event
+	since    map[string]map[types.UID]time.Time // node → pod → when the drain first met it
 }
 
 // New returns a Drainer. Call Run to start it.
@@ -119,6 +124,7 @@ func New(client kubernetes.Interface, nodes Nodes, cfg Config, log *slog.Logger)
 		queue:    workqueue.NewTypedRateLimitingQueueWithConfig(limiter, workqueue.TypedRateLimitingQueueConfig[string]{Name: "drain"}),
 		now:      time.Now,
 		reported: map[string]string{},
+		since:    map[string]map[types.UID]time.Time{},
 	}
 }
 
@@ -219,6 +225,13 @@ func (d *Drainer) sync(ctx context.Context, name string) (bool, error) {
 	}
 
 	blocked := d.evict(ctx, log, pending.Pods)
+	if stuck := d.stuck(name, pending.Pods); len(stuck) > 0 {
+		blocked = append(blocked, fmt.Sprintf("stuck for over %s: %s", d.cfg.PodTimeout, strings.Join(stuck, ", ")))
+		if d.report(name+"/stuck", strings.Join(stuck, ",")) {
+			log.Warn("pods resist the drain", "pods", stuck, "timeout", d.cfg.PodTimeout)
+			d.nodes.Event(node, corev1.EventTypeWarning, "PodEvictionStuck", "still on the node after %s: %s", d.cfg.PodTimeout, strings.Join(stuck, ", "))
+		}
+	}
 	msg := strings.Join(blocked, "; ")
 	if d.cfg.Timeout > 0 {
 		if since, err := time.Parse(time.RFC3339, node.Annotations[annotations.Since]); err == nil && d.now().Sub(since) > d.cfg.Timeout {
@@ -314,6 +327,33 @@ func Describe(err error) string {
 	return err.Error()
 }
 
+// stuck returns the pods the drain has met for longer than PodTimeout, and
+// forgets pods that are gone.
+func (d *Drainer) stuck(node string, pods []corev1.Pod) []string {
+	if d.cfg.PodTimeout <= 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.now()
+	seen := d.since[node]
+	next := make(map[types.UID]time.Time, len(pods))
+	var out []string
+	for _, p := range pods {
+		first, ok := seen[p.UID]
+		if !ok {
+			first = now
+		}
+		next[p.UID] = first
+		if now.Sub(first) > d.cfg.PodTimeout {
+			out = append(out, p.Namespace+"/"+p.Name)
+		}
+	}
+	d.since[node] = next
+	sort.Strings(out)
+	return out
+}
+
 // report records what was last reported for key and says whether it changed.
 func (d *Drainer) report(key, state string) bool {
 	d.mu.Lock()
@@ -330,4 +370,6 @@ func (d *Drainer) forget(name string) {
 	defer d.mu.Unlock()
 	delete(d.reported, name)
 	delete(d.reported, name+"/timeout")
+	delete(d.reported, name+"/stuck")
+	delete(d.since, name)
 }

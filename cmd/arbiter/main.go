@@ -74,6 +74,7 @@ func parse(args []string) (config, error) {
 	fs.BoolVar(&c.drain.DeleteEmptyDirData, "drain-delete-emptydir-data", true, "evict pods with emptyDir volumes (otherwise they block the drain)")
 	fs.IntVar(&c.drain.Concurrency, "drain-concurrency", 10, "evictions in flight per node")
 	fs.DurationVar(&c.drain.Timeout, "drain-timeout", 30*time.Minute, "drain time after which the node gets a DrainTimeout Warning Event (the drain goes on; 0 disables)")
+	fs.DurationVar(&c.drain.PodTimeout, "drain-pod-timeout", 5*time.Minute, "time one pod may resist eviction before a PodEvictionStuck Warning Event names it (it still blocks; 0 disables)")
 	fs.IntVar(&c.drainWorkers, "drain-workers", 4, "nodes drained in parallel")
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", 30*time.Second, "how often to release slots of deleted nodes and clean up leftover cordons")
 	fs.BoolVar(&c.leaderElection, "leader-election", true, "run the drainer and reconciler only on the elected replica")

@@ -128,7 +128,7 @@ func TestDrainGatedOnPDB(t *testing.T) {
 	// Only now a second node, where the evicted pods can go.
 	newNodes(t, ns, 1, nil)
 
-	a := startArbiter(t, ns)
+	a := startArbiter(t, ns, "--drain-pod-timeout", "1s")
 	var last error
 	harness.Eventually(t, 30*time.Second, "the PDB named in the reply", func() error {
 		last = a.preReboot(target.id, "default")
@@ -148,11 +148,17 @@ func TestDrainGatedOnPDB(t *testing.T) {
 		n.Annotations[annotations.CordonedBy] != annotations.CordonOwner {
 		t.Fatalf("node while draining: unschedulable=%v annotations=%v", n.Spec.Unschedulable, n.Annotations)
 	}
-	// Still blocked a little later: the budget holds.
-	time.Sleep(2 * time.Second)
-	if err := a.preReboot(target.id, "default"); !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
-		t.Fatalf("pre-reboot while the PDB still blocks = %v, want drain_in_progress", err)
-	}
+	// Still blocked a little later: the budget holds, and the pods are named stuck.
+	harness.Eventually(t, 15*time.Second, "stuck pods named", func() error {
+		err := a.preReboot(target.id, "default")
+		if !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
+			t.Fatalf("pre-reboot while the PDB still blocks = %v, want drain_in_progress", err)
+		}
+		if !strings.Contains(err.Error(), "stuck for over 1s") {
+			return err
+		}
+		return nil
+	})
 
 	cur, err := c.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
 	must(t, err)
@@ -201,7 +207,7 @@ func TestDrainGatedOnPDB(t *testing.T) {
 		for _, e := range evs.Items {
 			seen[e.Reason] = true
 		}
-		for _, r := range []string{"DrainStarted", "EvictionBlocked", "Drained", "RebootApproved", "Released", "Uncordoned"} {
+		for _, r := range []string{"DrainStarted", "EvictionBlocked", "PodEvictionStuck", "Drained", "RebootApproved", "Released", "Uncordoned"} {
 			if !seen[r] {
 				return errorf("no %s Event yet (have %v)", r, seen)
 			}
