@@ -27,18 +27,8 @@ func TestPlaneEnforcesPDB(t *testing.T) {
 	}
 	t.Cleanup(func() { fixtures.DeleteNodes(context.Background(), c, node) })
 
-	dep, pdb := fixtures.Deployment(ns, "web", ns, 2, 2)
-	if _, err := c.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+	if err := fixtures.CreateGuarded(ctx, c, ns, "web", ns, 2, 2); err != nil {
 		t.Fatal(err)
-	}
-	if _, err := c.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := fixtures.WaitRunning(ctx, c, ns, "app=web", 2); err != nil {
-		t.Fatalf("pods of web never ran: %v", err)
-	}
-	if err := fixtures.WaitPDBAllows(ctx, c, ns, "web", 0); err != nil {
-		t.Fatalf("PDB status never settled: %v", err)
 	}
 	pods, err := fixtures.PodsOn(ctx, c, ns, node)
 	if err != nil || len(pods) != 2 {
@@ -53,13 +43,7 @@ func TestPlaneEnforcesPDB(t *testing.T) {
 		t.Errorf("Describe(429) = %q, want it to name the PodDisruptionBudget", why)
 	}
 
-	pdb.Spec.MinAvailable.IntVal = 1
-	cur, err := c.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur.Spec.MinAvailable = pdb.Spec.MinAvailable
-	if _, err := c.PolicyV1().PodDisruptionBudgets(ns).Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+	if err := fixtures.SetMinAvailable(ctx, c, ns, "web", 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := fixtures.WaitPDBAllows(ctx, c, ns, "web", 1); err != nil {

@@ -116,15 +116,11 @@ func TestDrainGatedOnPDB(t *testing.T) {
 	ns := cluster.Namespace(t)
 	target := newNodes(t, ns, 1, nil)[0]
 
-	dep, pdb := fixtures.Deployment(ns, "web", ns, 2, 2)
-	must(t, create(ctx, c.AppsV1().Deployments(ns).Create, dep))
-	must(t, create(ctx, c.PolicyV1().PodDisruptionBudgets(ns).Create, pdb))
+	must(t, fixtures.CreateGuarded(ctx, c, ns, "web", ns, 2, 2))
 	must(t, create(ctx, c.AppsV1().DaemonSets(ns).Create, fixtures.DaemonSet(ns, "agent", ns)))
 	must(t, create(ctx, c.CoreV1().Pods(ns).Create, fixtures.BarePod(ns, "bare", target.name)))
 	must(t, create(ctx, c.CoreV1().Pods(ns).Create, fixtures.MirrorPod(ns, "static", target.name)))
-	must(t, fixtures.WaitRunning(ctx, c, ns, "app=web", 2))
 	must(t, fixtures.WaitRunning(ctx, c, ns, "app=agent", 1))
-	must(t, fixtures.WaitPDBAllows(ctx, c, ns, "web", 0))
 	// Only now a second node, where the evicted pods can go.
 	newNodes(t, ns, 1, nil)
 
@@ -160,11 +156,7 @@ func TestDrainGatedOnPDB(t *testing.T) {
 		return nil
 	})
 
-	cur, err := c.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
-	must(t, err)
-	cur.Spec.MinAvailable.IntVal = 1
-	_, err = c.PolicyV1().PodDisruptionBudgets(ns).Update(ctx, cur, metav1.UpdateOptions{})
-	must(t, err)
+	must(t, fixtures.SetMinAvailable(ctx, c, ns, "web", 1))
 
 	harness.Eventually(t, 60*time.Second, "reboot approved", func() error {
 		err := a.preReboot(target.id, "default")
@@ -381,11 +373,7 @@ func TestDrainResumesAfterRestart(t *testing.T) {
 	c := cluster.Client
 	ns := cluster.Namespace(t)
 	target := newNodes(t, ns, 1, nil)[0]
-	dep, pdb := fixtures.Deployment(ns, "db", ns, 1, 1)
-	must(t, create(ctx, c.AppsV1().Deployments(ns).Create, dep))
-	must(t, create(ctx, c.PolicyV1().PodDisruptionBudgets(ns).Create, pdb))
-	must(t, fixtures.WaitRunning(ctx, c, ns, "app=db", 1))
-	must(t, fixtures.WaitPDBAllows(ctx, c, ns, "db", 0))
+	must(t, fixtures.CreateGuarded(ctx, c, ns, "db", ns, 1, 1))
 	// The arbiter's own pod runs on the node too: it must go last.
 	must(t, create(ctx, c.CoreV1().Pods(ns).Create, fixtures.BarePod(ns, "self", target.name)))
 	newNodes(t, ns, 1, nil)
@@ -402,11 +390,7 @@ func TestDrainResumesAfterRestart(t *testing.T) {
 	first.stop()
 
 	// While no arbiter runs, the budget is relaxed.
-	cur, err := c.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "db", metav1.GetOptions{})
-	must(t, err)
-	cur.Spec.MinAvailable.IntVal = 0
-	_, err = c.PolicyV1().PodDisruptionBudgets(ns).Update(ctx, cur, metav1.UpdateOptions{})
-	must(t, err)
+	must(t, fixtures.SetMinAvailable(ctx, c, ns, "db", 0))
 
 	second := startArbiter(t, ns, self...)
 	harness.Eventually(t, 60*time.Second, "the new arbiter finishes the drain on its own", func() error {
