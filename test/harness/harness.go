@@ -30,6 +30,8 @@ type Cluster struct {
 	Root string
 	// Kubeconfig is the admin kubeconfig's path.
 	Kubeconfig string
+	// Bin is the directory of the control-plane binaries, kubectl included.
+	Bin string
 	// Config and Client talk to the API server as admin.
 	Config *rest.Config
 	Client kubernetes.Interface
@@ -48,6 +50,11 @@ func Start() (*Cluster, error) {
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("start the local control plane (test/cluster/cluster.sh up): %w", err)
 	}
+	out, err := exec.Command(filepath.Join(root, "test/cluster/build.sh")).Output()
+	if err != nil {
+		return nil, fmt.Errorf("find the control-plane binaries (test/cluster/build.sh): %w", err)
+	}
+	bin := strings.TrimSpace(string(out))
 	kubeconfig := filepath.Join(stateDir(root), "kubeconfig")
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
@@ -58,7 +65,7 @@ func Start() (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build client: %w", err)
 	}
-	return &Cluster{Root: root, Kubeconfig: kubeconfig, Config: cfg, Client: client}, nil
+	return &Cluster{Root: root, Bin: bin, Kubeconfig: kubeconfig, Config: cfg, Client: client}, nil
 }
 
 // Main is a TestMain body: it starts the plane, stores it in *c, and runs the
@@ -99,6 +106,33 @@ func Prefix(t testing.TB) string {
 		name = name[:30]
 	}
 	return strings.Trim(name, "-") + "-" + hex.EncodeToString(sum[:3])
+}
+
+// Kubectl runs the plane's own kubectl as admin and returns its combined output.
+func (c *Cluster) Kubectl(args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(c.Bin, "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	cmd.Dir = c.Root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// ImpersonatingKubeconfig writes a kubeconfig that acts as user (for
+// example a ServiceAccount), through the admin's impersonation right.
+func (c *Cluster) ImpersonatingKubeconfig(t testing.TB, user string) string {
+	t.Helper()
+	raw, err := os.ReadFile(c.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(raw), "    client-key:", "    as: "+user+"\n    client-key:", 1)
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // Namespace creates a namespace for the test and deletes it afterwards.

@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rebootmanager/reboot-manager/test/fixtures"
+	"github.com/rebootmanager/reboot-manager/test/harness"
+)
+
+const arbiterSA = "system:serviceaccount:reboot-manager:arbiter"
+
+// installRBAC applies the namespace, RBAC and groups manifests for real.
+func installRBAC(t *testing.T) {
+	t.Helper()
+	for _, f := range []string{"deploy/namespace.yaml", "deploy/arbiter-rbac.yaml", "deploy/groups.yaml"} {
+		if _, err := cluster.Kubectl("apply", "-f", f); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestManifestsServerDryRun: every manifest passes the API server's own
+// validation and admission.
+func TestManifestsServerDryRun(t *testing.T) {
+	installRBAC(t)
+	out, err := cluster.Kubectl("apply", "-k", "deploy", "--dry-run=server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"deployment.apps/arbiter", "service/arbiter", "poddisruptionbudget.policy/arbiter", "configmap/reboot-manager-groups"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry-run output lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+// TestArbiterRBAC: the arbiter's ServiceAccount may do what the code needs
+// and nothing dangerous.
+func TestArbiterRBAC(t *testing.T) {
+	installRBAC(t)
+	tests := []struct {
+		verb, resource, namespace string
+		want                      bool
+	}{
+		{"list", "nodes", "", true},
+		{"watch", "nodes", "", true},
+		{"patch", "nodes", "", true},
+		{"list", "pods", "*", true},
+		{"create", "pods/eviction", "demo", true},
+		{"get", "daemonsets.apps", "demo", true},
+		{"create", "events", "default", true},
+		{"update", "leases.coordination.k8s.io", "reboot-manager", true},
+		{"watch", "configmaps", "reboot-manager", true},
+		{"delete", "pods", "demo", false},
+		{"get", "secrets", "reboot-manager", false},
+		{"list", "secrets", "*", false},
+		{"update", "nodes", "", false},
+		{"delete", "nodes", "", false},
+		{"update", "leases.coordination.k8s.io", "kube-system", false},
+		{"update", "configmaps", "reboot-manager", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.verb+" "+tt.resource+" "+tt.namespace, func(t *testing.T) {
+			resource, sub, _ := strings.Cut(tt.resource, "/")
+			args := []string{"auth", "can-i", tt.verb, resource, "--as", arbiterSA}
+			if sub != "" {
+				args = append(args, "--subresource", sub)
+			}
+			switch tt.namespace {
+			case "":
+			case "*":
+				args = append(args, "--all-namespaces")
+			default:
+				args = append(args, "-n", tt.namespace)
+			}
+			out, _ := cluster.Kubectl(args...) // exit 1 means "no"
+			lines := strings.Fields(out)
+			got := len(lines) > 0 && lines[len(lines)-1] == "yes"
+			if got != tt.want {
+				t.Errorf("can-i %v = %q, want %v", args, out, tt.want)
+			}
+		})
+	}
+}
+
+// TestArbiterAsServiceAccount runs a whole reboot cycle and a stale-lock
+// release with the arbiter acting as its ServiceAccount, so the RBAC is
+// proven sufficient, not just plausible.
+func TestArbiterAsServiceAccount(t *testing.T) {
+	installRBAC(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := cluster.Client
+	ns := cluster.Namespace(t)
+	nodes := newNodes(t, ns, 2, nil)
+	must(t, create(ctx, c.AppsV1().DaemonSets(ns).Create, fixtures.DaemonSet(ns, "agent", ns)))
+	must(t, create(ctx, c.CoreV1().Pods(ns).Create, fixtures.BarePod(ns, "bare", nodes[0].name)))
+	must(t, fixtures.WaitRunning(ctx, c, ns, "app=agent", 2))
+	group := harness.Prefix(t)
+
+	a := startArbiter(t, "reboot-manager", "--kubeconfig", cluster.ImpersonatingKubeconfig(t, arbiterSA))
+	harness.Eventually(t, 30*time.Second, "approval as the ServiceAccount", func() error {
+		return a.preReboot(nodes[0].id, group)
+	})
+	if pods, _ := fixtures.PodsOn(ctx, c, ns, nodes[0].name); len(pods) != 1 {
+		t.Fatalf("pods left = %d, want only the DaemonSet pod", len(pods))
+	}
+	must(t, a.steadyState(nodes[0].id, group))
+	if getNode(t, nodes[0].name).Spec.Unschedulable {
+		t.Fatal("node still cordoned after steady-state")
+	}
+	harness.Eventually(t, 10*time.Second, "Events written as the ServiceAccount", func() error {
+		evs, err := c.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + nodes[0].name})
+		if err != nil || len(evs.Items) == 0 {
+			return errorf("no Events (%v)", err)
+		}
+		return nil
+	})
+
+	must(t, a.preReboot(nodes[1].id, group))
+	fixtures.DeleteNodes(ctx, c, nodes[1].name)
+	harness.Eventually(t, 15*time.Second, "the deleted node's slot released", func() error {
+		if h := holders(t, "reboot-manager", group); len(h) != 0 {
+			return errorf("holders = %+v", h)
+		}
+		return nil
+	})
+}
