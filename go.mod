@@ -3,6 +3,7 @@ module github.com/rebootmanager/reboot-manager
 go 1.26.0
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/gin-gonic/gin v1.12.0
 	github.com/prometheus/client_golang v1.24.0
 	k8s.io/api v0.37.2
