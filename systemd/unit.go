@@ -1,0 +1,60 @@
+// Package systemd is the agent's host integration: it restarts a unit over
+// the system D-Bus and waits for the job's result.
+package systemd
+
+import (
+	"context"
+	"fmt"
+
+	sdbus "github.com/coreos/go-systemd/v22/dbus"
+)
+
+// Manager talks to systemd's manager on the system bus
+// ($DBUS_SYSTEM_BUS_ADDRESS, by default /run/dbus/system_bus_socket).
+type Manager struct {
+	conn *sdbus.Conn
+}
+
+// Connect opens a connection to systemd on the system bus.
+func Connect(ctx context.Context) (*Manager, error) {
+	conn, err := sdbus.NewSystemConnectionContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect to systemd on the system bus: %w", err)
+	}
+	return &Manager{conn: conn}, nil
+}
+
+// Close closes the connection.
+func (m *Manager) Close() { m.conn.Close() }
+
+// Restart restarts unit (mode "replace") and waits for the job to finish.
+// A job result other than "done" is an error that carries the unit's
+// ActiveState and SubState.
+func (m *Manager) Restart(ctx context.Context, unit string) error {
+	results := make(chan string, 1)
+	if _, err := m.conn.RestartUnitContext(ctx, unit, "replace", results); err != nil {
+		return fmt.Errorf("restart %s: %w", unit, err)
+	}
+	select {
+	case result := <-results:
+		if result == "done" {
+			return nil
+		}
+		return fmt.Errorf("restart %s: job %s (%s)", unit, result, m.state(ctx, unit))
+	case <-ctx.Done():
+		return fmt.Errorf("restart %s: waiting for the job: %w", unit, ctx.Err())
+	}
+}
+
+// state describes the unit's state for an error message.
+func (m *Manager) state(ctx context.Context, unit string) string {
+	active, err := m.conn.GetUnitPropertyContext(ctx, unit, "ActiveState")
+	if err != nil {
+		return "state unknown: " + err.Error()
+	}
+	sub, err := m.conn.GetUnitPropertyContext(ctx, unit, "SubState")
+	if err != nil {
+		return "ActiveState " + active.Value.String()
+	}
+	return fmt.Sprintf("ActiveState %s, SubState %s", active.Value.Value(), sub.Value.Value())
+}
