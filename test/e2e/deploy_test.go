@@ -6,18 +6,25 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
-const arbiterSA = "system:serviceaccount:reboot-manager:arbiter"
+const (
+	arbiterSA = "system:serviceaccount:reboot-manager:arbiter"
+	agentSA   = "system:serviceaccount:reboot-manager:agent"
+)
 
 // installRBAC applies the namespace, RBAC and groups manifests for real.
 func installRBAC(t *testing.T) {
 	t.Helper()
-	for _, f := range []string{"deploy/namespace.yaml", "deploy/arbiter-rbac.yaml", "deploy/groups.yaml"} {
+	for _, f := range []string{"deploy/namespace.yaml", "deploy/arbiter-rbac.yaml", "deploy/agent-rbac.yaml", "deploy/groups.yaml"} {
 		if _, err := cluster.Kubectl("apply", "-f", f); err != nil {
 			t.Fatal(err)
 		}
@@ -32,42 +39,99 @@ func TestManifestsServerDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"deployment.apps/arbiter", "service/arbiter", "poddisruptionbudget.policy/arbiter", "configmap/reboot-manager-groups"} {
+	for _, want := range []string{"deployment.apps/arbiter", "service/arbiter", "poddisruptionbudget.policy/arbiter", "configmap/reboot-manager-groups",
+		"daemonset.apps/agent", "validatingadmissionpolicy.admissionregistration.k8s.io/reboot-manager-agent-own-node"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dry-run output lacks %s:\n%s", want, out)
 		}
 	}
 }
 
-// TestArbiterRBAC: the arbiter's ServiceAccount may do what the code needs
-// and nothing dangerous.
-func TestArbiterRBAC(t *testing.T) {
+// TestAgentOwnNodePolicy: the ValidatingAdmissionPolicy lets an agent
+// change only its own Node's zincati-id annotation.
+func TestAgentOwnNodePolicy(t *testing.T) {
 	installRBAC(t)
+	ctx := context.Background()
+	ns := cluster.Namespace(t)
+	nodes := newNodes(t, ns, 2, nil)
+	cfg := rest.CopyConfig(cluster.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{
+		UserName: agentSA,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:reboot-manager", "system:authenticated"},
+		Extra:    map[string][]string{"authentication.kubernetes.io/node-name": {nodes[0].name}},
+	}
+	agentClient, err := kubernetes.NewForConfig(cfg)
+	must(t, err)
+	patch := func(node, p string) error {
+		_, err := agentClient.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(p), metav1.PatchOptions{})
+		return err
+	}
+	own := nodes[0].name
+	// The API server picks a new policy up within a moment.
+	harness.Eventually(t, 20*time.Second, "the policy in force", func() error {
+		if err := patch(nodes[1].name, `{"metadata":{"annotations":{"rebootmanager/zincati-id":"x"}}}`); err == nil {
+			return errorf("the agent patched another node")
+		}
+		return nil
+	})
 	tests := []struct {
-		verb, resource, namespace string
-		want                      bool
+		name, node, patch string
+		allowed           bool
 	}{
-		{"list", "nodes", "", true},
-		{"watch", "nodes", "", true},
-		{"patch", "nodes", "", true},
-		{"list", "pods", "*", true},
-		{"create", "pods/eviction", "demo", true},
-		{"get", "daemonsets.apps", "demo", true},
-		{"create", "events", "default", true},
-		{"update", "leases.coordination.k8s.io", "reboot-manager", true},
-		{"watch", "configmaps", "reboot-manager", true},
-		{"delete", "pods", "demo", false},
-		{"get", "secrets", "reboot-manager", false},
-		{"list", "secrets", "*", false},
-		{"update", "nodes", "", false},
-		{"delete", "nodes", "", false},
-		{"update", "leases.coordination.k8s.io", "kube-system", false},
-		{"update", "configmaps", "reboot-manager", false},
+		{"own id annotation", own, `{"metadata":{"annotations":{"rebootmanager/zincati-id":"` + nodes[0].id + `"}}}`, true},
+		{"another node", nodes[1].name, `{"metadata":{"annotations":{"rebootmanager/zincati-id":"x"}}}`, false},
+		{"own status annotation", own, `{"metadata":{"annotations":{"rebootmanager/status":"Ready"}}}`, false},
+		{"own label", own, `{"metadata":{"labels":{"rebootmanager/group":"x"}}}`, false},
+		{"own cordon", own, `{"spec":{"unschedulable":true}}`, false},
 	}
 	for _, tt := range tests {
-		t.Run(tt.verb+" "+tt.resource+" "+tt.namespace, func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
+			err := patch(tt.node, tt.patch)
+			if (err == nil) != tt.allowed {
+				t.Errorf("patch %s = %v, want allowed=%v", tt.patch, err, tt.allowed)
+			}
+			if err != nil && !apierrors.IsInvalid(err) && !apierrors.IsForbidden(err) {
+				t.Errorf("denial = %v, want Forbidden/Invalid from the policy", err)
+			}
+		})
+	}
+}
+
+// TestRBAC: the arbiter's ServiceAccount may do what the code needs
+// and nothing dangerous.
+func TestRBAC(t *testing.T) {
+	installRBAC(t)
+	tests := []struct {
+		as, verb, resource, namespace string
+		want                          bool
+	}{
+		{arbiterSA, "list", "nodes", "", true},
+		{arbiterSA, "watch", "nodes", "", true},
+		{arbiterSA, "patch", "nodes", "", true},
+		{arbiterSA, "list", "pods", "*", true},
+		{arbiterSA, "create", "pods/eviction", "demo", true},
+		{arbiterSA, "get", "daemonsets.apps", "demo", true},
+		{arbiterSA, "create", "events", "default", true},
+		{arbiterSA, "update", "leases.coordination.k8s.io", "reboot-manager", true},
+		{arbiterSA, "watch", "configmaps", "reboot-manager", true},
+		{arbiterSA, "delete", "pods", "demo", false},
+		{arbiterSA, "get", "secrets", "reboot-manager", false},
+		{arbiterSA, "list", "secrets", "*", false},
+		{arbiterSA, "update", "nodes", "", false},
+		{arbiterSA, "delete", "nodes", "", false},
+		{arbiterSA, "update", "leases.coordination.k8s.io", "kube-system", false},
+		{arbiterSA, "update", "configmaps", "reboot-manager", false},
+		{agentSA, "watch", "services", "reboot-manager", true},
+		{agentSA, "patch", "nodes", "", true},
+		{agentSA, "list", "services", "*", false},
+		{agentSA, "delete", "nodes", "", false},
+		{agentSA, "create", "pods/eviction", "demo", false},
+		{agentSA, "get", "secrets", "reboot-manager", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.as+" "+tt.verb+" "+tt.resource+" "+tt.namespace, func(t *testing.T) {
 			resource, sub, _ := strings.Cut(tt.resource, "/")
-			args := []string{"auth", "can-i", tt.verb, resource, "--as", arbiterSA}
+			args := []string{"auth", "can-i", tt.verb, resource, "--as", tt.as}
 			if sub != "" {
 				args = append(args, "--subresource", sub)
 			}
