@@ -11,9 +11,9 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
 
-## test: gofmt check, go vet, unit tests, and the end-to-end tier against the
+## test: gofmt check, go vet, the static builds the Dockerfiles run, unit tests, and the end-to-end tier against the
 ## local plane (started when needed; a plane that cannot start fails).
-test: fmt-check vet unit e2e
+test: fmt-check vet build unit e2e
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cluster/*')); \
