@@ -97,7 +97,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if err != nil || !removed {
 			return err
 		}
-		log.Info("removed the Zincati drop-in; restarting Zincati")
+		log.Info("removed the Zincati drop-in; restarting Zincati", "node", cfg.agent.NodeName, "changed", true)
 		return sd.Restart(ctx, cfg.agent.Unit)
 	}
 	client, _, err := kubeclient.New(cfg.kubeconfig, "reboot-manager-agent")

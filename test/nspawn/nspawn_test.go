@@ -1,0 +1,194 @@
+// Package nspawn tests the agent's host integration against a real systemd,
+// D-Bus and journald, booted with systemd-nspawn from a cached debootstrap
+// root filesystem (test/systemd/rootfs.sh) with a dummy zincati.service.
+package nspawn
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rebootmanager/reboot-manager/agent/dropin"
+	"github.com/rebootmanager/reboot-manager/systemd"
+)
+
+// machine is a booted container.
+type machine struct {
+	leader string // PID of the container's systemd, as a string
+	root   string // /proc/LEADER/root
+}
+
+var box *machine
+
+func TestMain(m *testing.M) {
+	mc, stop, err := boot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: the tier-2 agent tests need a systemd-nspawn container:", err)
+		os.Exit(1)
+	}
+	box = mc
+	code := m.Run()
+	stop()
+	os.Exit(code)
+}
+
+func repo() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "../..")
+}
+
+func boot() (*machine, func(), error) {
+	out, err := exec.Command(filepath.Join(repo(), "test/systemd/rootfs.sh")).Output()
+	if err != nil {
+		return nil, nil, fmt.Errorf("build the root filesystem (test/systemd/rootfs.sh): %w", err)
+	}
+	rootfs := strings.TrimSpace(string(out))
+	name := fmt.Sprintf("rm-agent-%d", os.Getpid())
+	cmd := exec.Command("setsid", "systemd-nspawn", "-D", rootfs, "-M", name, "--boot", "--register=no", "--keep-unit",
+		"--private-network", "--volatile=overlay", "--console=read-only")
+	logf, _ := os.CreateTemp("", "nspawn-*.log")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start systemd-nspawn: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	stop := func() {
+		_ = cmd.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+		os.RemoveAll("/run/systemd/nspawn/propagate/" + name)
+		os.Remove(logf.Name())
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		pid, err := exec.Command("pgrep", "-P", fmt.Sprint(cmd.Process.Pid), "-x", "systemd").Output()
+		if err != nil {
+			continue
+		}
+		m := &machine{leader: strings.TrimSpace(strings.Split(string(pid), "\n")[0])}
+		m.root = "/proc/" + m.leader + "/root"
+		state, _ := m.exec("systemctl", "is-system-running")
+		if s := strings.TrimSpace(state); s == "running" || s == "degraded" {
+			return m, stop, nil
+		}
+	}
+	log, _ := os.ReadFile(logf.Name())
+	stop()
+	return nil, nil, fmt.Errorf("the container did not reach running in 60 s:\n%s", log)
+}
+
+// exec runs a command inside the container's mount and PID namespaces.
+func (m *machine) exec(args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"-t", m.leader, "-m", "-p"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (m *machine) mainPID(t *testing.T) string {
+	t.Helper()
+	out, err := m.exec("systemctl", "show", "-p", "MainPID", "--value", "zincati.service")
+	if err != nil {
+		t.Fatalf("systemctl show: %v %s", err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+func (m *machine) bus(t *testing.T) {
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+m.root+"/run/dbus/system_bus_socket")
+}
+
+// TestRestartRealZincati writes the drop-in into the container's root and
+// restarts the real unit over D-Bus: the job is done, the MainPID changes,
+// and the restarted unit saw the new file.
+func TestRestartRealZincati(t *testing.T) {
+	box.bus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	before := box.mainPID(t)
+	content, err := dropin.Render(dropin.Settings{BaseURL: "http://10.0.0.9:80", Group: "workers"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dropin.Write(box.root+"/etc/zincati/config.d", dropin.DefaultName, content); err != nil {
+		t.Fatal(err)
+	}
+	m, err := systemd.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	start := time.Now()
+	if err := m.Restart(ctx, "zincati.service"); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	t.Logf("real RestartUnit took %s", time.Since(start))
+	if after := box.mainPID(t); after == before || after == "0" {
+		t.Errorf("MainPID %s → %s, want a new process", before, after)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := box.exec("journalctl", "-u", "zincati.service", "--no-pager", "-o", "cat")
+		if strings.Contains(out, `base_url = "http://10.0.0.9:80/"`) && strings.Contains(out, `group = "workers"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted dummy Zincati never printed the drop-in; its log:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := m.Restart(ctx, "no-such.service"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("Restart of a missing unit = %v, want a not-found error", err)
+	}
+}
+
+// TestAgentCleanupJournal runs the real agent binary with --cleanup against
+// the container: it removes the drop-in, restarts Zincati, and its records
+// reach the container's journal under the identifier reboot-manager-agent.
+// The journal socket's path is fixed, so the agent runs in its own mount
+// namespace where /run/systemd/journal/socket is the container's, as the
+// DaemonSet's hostPath mount makes it.
+func TestAgentCleanupJournal(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "agent")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/agent")
+	build.Dir = repo()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/agent: %v\n%s", err, out)
+	}
+	if _, err := dropin.Write(box.root+"/etc/zincati/config.d", dropin.DefaultName, []byte("# to be removed\n")); err != nil {
+		t.Fatal(err)
+	}
+	script := `set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/journal
+ln -s ` + box.root + `/run/systemd/journal/socket /run/systemd/journal/socket
+exec "$@"`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+		bin, "--cleanup", "--host-root", box.root, "--node-name", "fcos-test")
+	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS=unix:path="+box.root+"/run/dbus/system_bus_socket")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("agent --cleanup: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(box.root + "/etc/zincati/config.d/" + dropin.DefaultName); !os.IsNotExist(err) {
+		t.Errorf("the drop-in is still there (%v)", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := box.exec("journalctl", "-t", "reboot-manager-agent", "--no-pager", "-o", "verbose")
+		if strings.Contains(out, "removed the Zincati drop-in") && strings.Contains(out, "NODE=fcos-test") && strings.Contains(out, "CHANGED=true") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("journalctl -t reboot-manager-agent in the container shows:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
