@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build test unit e2e vet fmt-check run cluster-up cluster-down bench clean
+.PHONY: all build test deps unit e2e vet fmt-check run cluster-up cluster-down bench clean
 
 all: build
 
@@ -13,7 +13,10 @@ build:
 
 ## test: gofmt check, go vet, the static builds the Dockerfiles run, unit tests, and the end-to-end tier against the
 ## local plane (started when needed; a plane that cannot start fails).
-test: fmt-check vet build unit e2e
+test: deps fmt-check vet build unit e2e
+
+deps:
+	test/deps.sh
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cluster/*')); \
@@ -40,7 +43,7 @@ cluster-down:
 
 ## run: the local plane with simulated nodes and workloads, and the arbiter
 ## serving FleetLock on 127.0.0.1:8080, until Ctrl-C.
-run: build cluster-up
+run: deps build cluster-up
 	test/run.sh
 
 clean: cluster-down
