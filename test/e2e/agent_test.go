@@ -61,7 +61,6 @@ func TestAgent(t *testing.T) {
 
 	root := t.TempDir()
 	must(t, os.MkdirAll(filepath.Join(root, "etc/zincati/config.d"), 0o755))
-	must(t, os.WriteFile(filepath.Join(root, "etc/machine-id"), []byte(machineID+"\n"), 0o444))
 	r := &restarts{}
 	a := agent.New(agent.Config{
 		NodeName: node.name, HostRoot: root, ConfigDir: "etc/zincati/config.d", FileName: dropin.DefaultName,
@@ -70,6 +69,14 @@ func TestAgent(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	file := filepath.Join(root, "etc/zincati/config.d", dropin.DefaultName)
+
+	// The host's machine id appears late: the agent retries, with backoff,
+	// and does nothing before it can publish the id.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(file); err == nil || r.count() != 0 {
+		t.Fatal("the agent configured Zincati before it could read the machine id")
+	}
+	must(t, os.WriteFile(filepath.Join(root, "etc/machine-id"), []byte(machineID+"\n"), 0o444))
 
 	waitFile := func(want ...string) {
 		t.Helper()
