@@ -4,12 +4,18 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build test deps unit e2e vet fmt-check run cluster-up cluster-down bench clean
+.PHONY: all build manifests test deps unit e2e vet fmt-check run cluster-up cluster-down bench clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+## manifests: both workloads rendered into one file for `kubectl apply -f`.
+manifests:
+	@mkdir -p $(BIN)
+	"$$(test/cluster/build.sh)/kubectl" kustomize deploy > $(BIN)/reboot-manager.yaml
+	@echo "wrote $(BIN)/reboot-manager.yaml"
 
 ## test: gofmt check, go vet, the static builds the Dockerfiles run, unit tests, and the end-to-end tier against the
 ## local plane (started when needed; a plane that cannot start fails).

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +40,15 @@ func TestManifestsServerDryRun(t *testing.T) {
 	out, err := cluster.Kubectl("apply", "-k", "deploy", "--dry-run=server")
 	if err != nil {
 		t.Fatal(err)
+	}
+	rendered, err := cluster.Kubectl("kustomize", "deploy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "reboot-manager.yaml")
+	must(t, os.WriteFile(file, []byte(rendered), 0o644))
+	if _, err := cluster.Kubectl("apply", "-f", file, "--dry-run=server"); err != nil {
+		t.Fatalf("the rendered single file (make manifests): %v", err)
 	}
 	for _, want := range []string{"deployment.apps/arbiter", "service/arbiter", "poddisruptionbudget.policy/arbiter", "configmap/reboot-manager-groups",
 		"daemonset.apps/agent", "validatingadmissionpolicy.admissionregistration.k8s.io/reboot-manager-agent-own-node"} {
