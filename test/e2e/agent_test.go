@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -87,7 +88,7 @@ func TestAgent(t *testing.T) {
 			}
 			for _, w := range want {
 				if !strings.Contains(string(b), w) {
-					return errorf("drop-in lacks %q:\n%s", w, b)
+					return fmt.Errorf("drop-in lacks %q:\n%s", w, b)
 				}
 			}
 			return nil
@@ -97,7 +98,7 @@ func TestAgent(t *testing.T) {
 		t.Helper()
 		harness.Eventually(t, 15*time.Second, "Zincati restarts", func() error {
 			if got := r.count(); got != n {
-				return errorf("restarts = %d, want %d", got, n)
+				return fmt.Errorf("restarts = %d, want %d", got, n)
 			}
 			return nil
 		})
@@ -107,7 +108,7 @@ func TestAgent(t *testing.T) {
 	waitRestarts(1)
 	harness.Eventually(t, 10*time.Second, "the published id", func() error {
 		if got := getNode(t, node.name).Annotations[annotations.ZincatiID]; got != node.id {
-			return errorf("zincati-id = %q, want %q", got, node.id)
+			return fmt.Errorf("zincati-id = %q, want %q", got, node.id)
 		}
 		return nil
 	})

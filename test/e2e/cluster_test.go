@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,7 +41,7 @@ func TestPlaneEnforcesPDB(t *testing.T) {
 	if !apierrors.IsTooManyRequests(err) {
 		t.Fatalf("eviction against minAvailable=2 = %v, want 429", err)
 	}
-	if why := drain.Describe(err); why == "" || !contains(why, "PodDisruptionBudget") {
+	if why := drain.Describe(err); why == "" || !strings.Contains(why, "PodDisruptionBudget") {
 		t.Errorf("Describe(429) = %q, want it to name the PodDisruptionBudget", why)
 	}
 
@@ -57,6 +59,6 @@ func TestPlaneEnforcesPDB(t *testing.T) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return errorf("pod %s still exists (%v)", pods[0].Name, err)
+		return fmt.Errorf("pod %s still exists (%v)", pods[0].Name, err)
 	})
 }

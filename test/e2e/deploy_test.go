@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,7 +82,7 @@ func TestAgentOwnNodePolicy(t *testing.T) {
 	// The API server picks a new policy up within a moment.
 	harness.Eventually(t, 20*time.Second, "the policy in force", func() error {
 		if err := patch(nodes[1].name, `{"metadata":{"annotations":{"rebootmanager/zincati-id":"x"}}}`); err == nil {
-			return errorf("the agent patched another node")
+			return fmt.Errorf("the agent patched another node")
 		}
 		return nil
 	})
@@ -192,7 +193,7 @@ func TestArbiterAsServiceAccount(t *testing.T) {
 	harness.Eventually(t, 10*time.Second, "Events written as the ServiceAccount", func() error {
 		evs, err := c.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + nodes[0].name})
 		if err != nil || len(evs.Items) == 0 {
-			return errorf("no Events (%v)", err)
+			return fmt.Errorf("no Events (%v)", err)
 		}
 		return nil
 	})
@@ -201,7 +202,7 @@ func TestArbiterAsServiceAccount(t *testing.T) {
 	fixtures.DeleteNodes(ctx, c, nodes[1].name)
 	harness.Eventually(t, 15*time.Second, "the deleted node's slot released", func() error {
 		if h := holders(t, "reboot-manager", group); len(h) != 0 {
-			return errorf("holders = %+v", h)
+			return fmt.Errorf("holders = %+v", h)
 		}
 		return nil
 	})

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -201,7 +202,7 @@ func TestDrainGatedOnPDB(t *testing.T) {
 		}
 		for _, r := range []string{"DrainStarted", "EvictionBlocked", "PodEvictionStuck", "Drained", "RebootApproved", "Released", "Uncordoned"} {
 			if !seen[r] {
-				return errorf("no %s Event yet (have %v)", r, seen)
+				return fmt.Errorf("no %s Event yet (have %v)", r, seen)
 			}
 		}
 		return nil
@@ -252,7 +253,7 @@ func TestSlotsAndGroups(t *testing.T) {
 			`rebootmanager_lock_held_seconds{group="workers",id="` + nodes[0].id + `",node="` + nodes[0].name + `"}`,
 			`rebootmanager_fleetlock_requests_total{kind="lock_held",operation="pre-reboot"} 1`} {
 			if !strings.Contains(m, want) {
-				return errorf("/metrics lacks %s", want)
+				return fmt.Errorf("/metrics lacks %s", want)
 			}
 		}
 		return nil
@@ -288,7 +289,7 @@ func TestStaleLocks(t *testing.T) {
 	fixtures.DeleteNodes(context.Background(), cluster.Client, nodes[0].name)
 	harness.Eventually(t, 15*time.Second, "the deleted node's slot released", func() error {
 		if h := holders(t, ns, "default"); len(h) != 0 {
-			return errorf("holders = %+v", h)
+			return fmt.Errorf("holders = %+v", h)
 		}
 		return nil
 	})
@@ -307,7 +308,7 @@ func TestStaleLocks(t *testing.T) {
 	must(t, fixtures.Reboot(context.Background(), cluster.Client, nodes[1].name, 100*time.Millisecond))
 	harness.Eventually(t, 15*time.Second, "orphaned cordon cleaned up", func() error {
 		if n := getNode(t, nodes[1].name); n.Spec.Unschedulable {
-			return errorf("node %s still cordoned", n.Name)
+			return fmt.Errorf("node %s still cordoned", n.Name)
 		}
 		return nil
 	})
@@ -399,9 +400,28 @@ func TestDrainResumesAfterRestart(t *testing.T) {
 			return err
 		}
 		if len(pods) > 0 {
-			return errorf("%d pods still on the node", len(pods))
+			return fmt.Errorf("%d pods still on the node", len(pods))
 		}
 		return nil
 	})
 	must(t, second.preReboot(target.id, "default"))
+}
+
+// TestAllowUnknownNodes: with --allow-unknown-nodes, an id that matches no
+// Node is locked as a plain semaphore (no drain), and released again.
+func TestAllowUnknownNodes(t *testing.T) {
+	ns := cluster.Namespace(t)
+	a := startArbiter(t, ns, "--allow-unknown-nodes")
+	outside := fixtures.RandomID()
+	must(t, a.preReboot(outside, "edge"))
+	if h := holders(t, ns, "edge"); len(h) != 1 || h[0].ID != outside || h[0].Node != "" {
+		t.Fatalf("holders = %+v, want the outside host alone", h)
+	}
+	if err := a.preReboot(fixtures.RandomID(), "edge"); !fleetlock.IsKind(err, fleetlock.KindLockHeld) {
+		t.Fatalf("second host = %v, want lock_held", err)
+	}
+	must(t, a.steadyState(outside, "edge"))
+	if h := holders(t, ns, "edge"); len(h) != 0 {
+		t.Fatalf("holders after steady-state = %+v, want none", h)
+	}
 }

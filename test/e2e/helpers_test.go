@@ -4,13 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 )
-
-func contains(s, sub string) bool { return strings.Contains(s, sub) }
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 func getOK(url string) error {
 	resp, err := http.Get(url)
