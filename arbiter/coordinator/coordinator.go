@@ -28,6 +28,7 @@ type Nodes interface {
 	Lookup(id string) (*corev1.Node, error)
 	StartDrain(ctx context.Context, name, group string) error
 	MarkRebooting(ctx context.Context, name string) error
+	SetWaiting(ctx context.Context, name, reason string) error
 	Finish(ctx context.Context, name string) error
 }
 
@@ -65,11 +66,16 @@ type Coordinator struct {
 	cfg      Config
 	log      *slog.Logger
 	now      func() time.Time
+	metrics  *Metrics
 }
 
-// New returns a Coordinator.
-func New(n Nodes, l Lock, d Drainer, s Settings, cfg Config, log *slog.Logger) *Coordinator {
-	return &Coordinator{nodes: n, lock: l, drainer: d, settings: s, cfg: cfg, log: log, now: time.Now}
+// New returns a Coordinator that reports to m; nil m means unregistered
+// metrics.
+func New(n Nodes, l Lock, d Drainer, s Settings, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Coordinator{nodes: n, lock: l, drainer: d, settings: s, cfg: cfg, log: log, now: time.Now, metrics: m}
 }
 
 // PreReboot answers a pre-reboot: nil means the node may reboot now. It
@@ -99,6 +105,12 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	}
 	if !res.Granted {
 		log.Info("group full", "slots", slots, "holders", len(res.Holders))
+		if node != nil {
+			reason := fmt.Sprintf("group %q is full: %d of %d slots held by %s", p.Group, len(res.Holders), slots, names(res.Holders))
+			if err := c.nodes.SetWaiting(ctx, node.Name, reason); err != nil {
+				log.Warn("recording why the node waits failed", "err", err)
+			}
+		}
 		return fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s",
 			p.Group, len(res.Holders), slots, c.describe(res.Holders))
 	}
@@ -132,6 +144,9 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	if err := c.nodes.MarkRebooting(ctx, node.Name); err != nil {
 		return failure(log, "mark the node Rebooting", err)
 	}
+	if since, err := time.Parse(time.RFC3339, node.Annotations[annotations.Since]); err == nil {
+		c.metrics.drainSeconds.WithLabelValues(p.Group).Observe(c.now().Sub(since).Seconds())
+	}
 	log.Info("reboot approved")
 	return nil
 }
@@ -161,6 +176,13 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 			log.Info("slot released")
 		}
 	}
+	if node != nil && !inCycle && nodes.Waiting(node) {
+		// The node went back to steady state without its reboot: it waits
+		// no longer.
+		if err := c.nodes.SetWaiting(ctx, node.Name, ""); err != nil {
+			log.Warn("clearing the waiting mark failed", "err", err)
+		}
+	}
 	if inCycle {
 		if err := c.nodes.Finish(ctx, node.Name); err != nil {
 			log.Warn("putting the node back in service failed; the reconciler will retry", "err", err)
@@ -169,6 +191,22 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		}
 	}
 	return nil
+}
+
+// names lists the holders by node name, or by id for hosts outside the
+// cluster.
+func names(holders []lock.Holder) string {
+	if len(holders) == 0 {
+		return "nobody (the group has no slots)"
+	}
+	parts := make([]string, len(holders))
+	for i, h := range holders {
+		parts[i] = h.Node
+		if parts[i] == "" {
+			parts[i] = "id " + h.ID
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (c *Coordinator) describe(holders []lock.Holder) string {

@@ -37,6 +37,10 @@ func (f *fake) StartDrain(context.Context, string, string) error {
 	return nil
 }
 func (f *fake) MarkRebooting(context.Context, string) error { f.call("MarkRebooting"); return nil }
+func (f *fake) SetWaiting(_ context.Context, _, reason string) error {
+	f.call("SetWaiting(" + reason + ")")
+	return nil
+}
 func (f *fake) Finish(context.Context, string) error        { f.call("Finish"); return f.finishErr }
 func (f *fake) Acquire(context.Context, string, lock.Holder, int) (lock.Result, error) {
 	f.call("Acquire")
@@ -61,6 +65,12 @@ func node(status string) *corev1.Node {
 	return n
 }
 
+func waiting() *corev1.Node {
+	n := node(annotations.StatusReady)
+	n.Annotations[annotations.Waiting] = "group full"
+	return n
+}
+
 func TestPreReboot(t *testing.T) {
 	granted := lock.Result{Granted: true, Changed: true}
 	tests := []struct {
@@ -74,7 +84,7 @@ func TestPreReboot(t *testing.T) {
 		{"unknown node", fake{}, false, fleetlock.KindUnknownNode, "deploy the reboot-manager agent", ""},
 		{"unknown node allowed: semaphore only", fake{acquire: granted}, true, "", "", "Acquire"},
 		{"group full", fake{node: node(""), acquire: lock.Result{Holders: []lock.Holder{{ID: "x", Node: "n9"}}}}, false,
-			fleetlock.KindLockHeld, "n9", "Acquire"},
+			fleetlock.KindLockHeld, "n9", `Acquire SetWaiting(group "g" is full: 1 of 1 slots held by n9)`},
 		{"lock contention fails closed", fake{node: node(""), acquireErr: lock.ErrContention}, false, fleetlock.KindUnavailable, "", "Acquire"},
 		{"lock error", fake{node: node(""), acquireErr: errors.New("boom")}, false, fleetlock.KindInternal, "boom", "Acquire"},
 		{"pods remain", fake{node: node(""), acquire: granted, pending: drain.Pending{Pods: []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p"}}}}},
@@ -87,7 +97,7 @@ func TestPreReboot(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(&f, &f, &f, &f, Config{AllowUnknownNodes: tt.allow}, slog.New(slog.DiscardHandler))
+			c := New(&f, &f, &f, &f, Config{AllowUnknownNodes: tt.allow}, nil, slog.New(slog.DiscardHandler))
 			err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if tt.wantKind == "" && err != nil {
 				t.Fatalf("PreReboot = %v, want approval", err)
@@ -110,6 +120,7 @@ func TestSteadyState(t *testing.T) {
 		wantCalls string
 	}{
 		{"ready non-holder: nothing to do", fake{node: node(annotations.StatusReady)}, "", ""},
+		{"waiting non-holder: the mark goes", fake{node: waiting()}, "", "SetWaiting()"},
 		{"unknown non-holder", fake{}, "", ""},
 		{"holder with unknown node releases", fake{holds: true}, "", "Release"},
 		{"holder releases then finishes", fake{holds: true, node: node(annotations.StatusRebooting)}, "", "Release Finish"},
@@ -120,7 +131,7 @@ func TestSteadyState(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(&f, &f, &f, &f, Config{}, slog.New(slog.DiscardHandler))
+			c := New(&f, &f, &f, &f, Config{}, nil, slog.New(slog.DiscardHandler))
 			err := c.SteadyState(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if (tt.wantKind == "") != (err == nil) || (err != nil && !fleetlock.IsKind(err, tt.wantKind)) {
 				t.Fatalf("SteadyState = %v, want kind %q", err, tt.wantKind)

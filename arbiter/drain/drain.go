@@ -48,6 +48,8 @@ type Config struct {
 	PodTimeout time.Duration
 	// Self is the arbiter's own pod, evicted only when nothing else is left.
 	Self types.NamespacedName
+	// Metrics receives the eviction counts; nil means unregistered ones.
+	Metrics *Metrics
 }
 
 // Nodes is what the drainer needs of the node directory.
@@ -114,6 +116,9 @@ type Drainer struct {
 func New(client kubernetes.Interface, nodes Nodes, cfg Config, log *slog.Logger) *Drainer {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 10
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
 	}
 	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[string](250*time.Millisecond, 10*time.Second)
 	return &Drainer{
@@ -278,6 +283,7 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, pods []corev1.Pod
 		wg.Go(func() {
 			defer func() { <-sem }()
 			err := Evict(ctx, d.client, p.Namespace, p.Name)
+			d.cfg.Metrics.evictions.WithLabelValues(Result(err)).Inc()
 			if err == nil || apierrors.IsNotFound(err) {
 				log.Debug("evicted", "pod", p.Namespace+"/"+p.Name)
 				return
@@ -309,22 +315,33 @@ func Evict(ctx context.Context, client kubernetes.Interface, namespace, name str
 // Describe explains an eviction refusal, naming the disruption budget when
 // one is the cause.
 func Describe(err error) string {
+	if msg := budgetRefusal(err); msg != "" {
+		return "blocked by PodDisruptionBudget: " + msg
+	}
 	var se apierrors.APIStatus
 	if errors.As(err, &se) {
 		st := se.Status()
-		if st.Details != nil {
-			for _, c := range st.Details.Causes {
-				if c.Type == policyv1.DisruptionBudgetCause {
-					return "blocked by PodDisruptionBudget: " + c.Message
-				}
-			}
-		}
 		if st.Code == 429 {
 			return "eviction refused (429): " + st.Message
 		}
 		return st.Message
 	}
 	return err.Error()
+}
+
+// budgetRefusal returns the message of a PodDisruptionBudget's refusal, or
+// "" when err is something else.
+func budgetRefusal(err error) string {
+	var se apierrors.APIStatus
+	if !errors.As(err, &se) || se.Status().Details == nil {
+		return ""
+	}
+	for _, c := range se.Status().Details.Causes {
+		if c.Type == policyv1.DisruptionBudgetCause {
+			return c.Message
+		}
+	}
+	return ""
 }
 
 // stuck returns the pods the drain has met for longer than PodTimeout, and

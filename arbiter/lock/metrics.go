@@ -8,19 +8,24 @@ import (
 
 // Collector exports the holders seen in the cache as Prometheus metrics.
 type Collector struct {
-	sem   *Semaphore
-	slots func(group string) int
-	held  *prometheus.Desc
-	total *prometheus.Desc
-	age   *prometheus.Desc
+	sem     *Semaphore
+	slots   func(group string) int
+	maxHold time.Duration
+	held    *prometheus.Desc
+	total   *prometheus.Desc
+	age     *prometheus.Desc
+	overdue *prometheus.Desc
 }
 
 // NewCollector returns a Collector over s; slots gives a group's current
-// slot count.
-func NewCollector(s *Semaphore, slots func(group string) int) *Collector {
+// slot count, and holders older than maxHold (when positive) count as
+// overdue.
+func NewCollector(s *Semaphore, slots func(group string) int, maxHold time.Duration) *Collector {
 	return &Collector{
-		sem:   s,
-		slots: slots,
+		sem:     s,
+		slots:   slots,
+		maxHold: maxHold,
+		overdue: prometheus.NewDesc("rebootmanager_slots_overdue", "Slots held for longer than --max-hold, by group.", []string{"group"}, nil),
 		held:  prometheus.NewDesc("rebootmanager_slots_held", "Reboot slots held, by group.", []string{"group"}, nil),
 		total: prometheus.NewDesc("rebootmanager_slots", "Reboot slots configured, by group with a lock object.", []string{"group"}, nil),
 		age:   prometheus.NewDesc("rebootmanager_lock_held_seconds", "How long each holder has held its slot.", []string{"group", "node", "id"}, nil),
@@ -32,6 +37,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.held
 	ch <- c.total
 	ch <- c.age
+	ch <- c.overdue
 }
 
 // Collect implements prometheus.Collector.
@@ -45,8 +51,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for group, holders := range all {
 		ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(len(holders)), group)
 		ch <- prometheus.MustNewConstMetric(c.total, prometheus.GaugeValue, float64(c.slots(group)), group)
+		overdue := 0
 		for _, h := range holders {
-			ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, now.Sub(h.Since).Round(time.Second).Seconds(), group, h.Node, h.ID)
+			age := now.Sub(h.Since)
+			if c.maxHold > 0 && age > c.maxHold {
+				overdue++
+			}
+			ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age.Round(time.Second).Seconds(), group, h.Node, h.ID)
 		}
+		ch <- prometheus.MustNewConstMetric(c.overdue, prometheus.GaugeValue, float64(overdue), group)
 	}
 }

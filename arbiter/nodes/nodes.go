@@ -120,6 +120,10 @@ func (d *Directory) StartDrain(ctx context.Context, name, group string) error {
 			annotations.Status: ptr(annotations.StatusDraining),
 			annotations.Group:  ptr(group),
 		}}
+		if n.Annotations[annotations.Waiting] != "" || n.Annotations[annotations.WaitingAt] != "" {
+			p.annotations[annotations.Waiting] = nil
+			p.annotations[annotations.WaitingAt] = nil
+		}
 		if n.Annotations[annotations.Since] == "" {
 			p.annotations[annotations.Since] = ptr(d.now().UTC().Format(time.RFC3339))
 		}
@@ -128,7 +132,8 @@ func (d *Directory) StartDrain(ctx context.Context, name, group string) error {
 			p.annotations[annotations.CordonedBy] = ptr(annotations.CordonOwner)
 		}
 		if n.Annotations[annotations.Status] == annotations.StatusDraining && p.unschedulable == nil &&
-			n.Annotations[annotations.Group] == group && n.Annotations[annotations.Since] != "" {
+			n.Annotations[annotations.Group] == group && n.Annotations[annotations.Since] != "" &&
+			n.Annotations[annotations.Waiting] == "" && n.Annotations[annotations.WaitingAt] == "" {
 			return nil
 		}
 		return p
@@ -163,6 +168,39 @@ func (d *Directory) SetDrainMessage(ctx context.Context, name, msg string) error
 	}, "", "")
 }
 
+// WaitingRefresh is how old the WaitingAt mark may get before a request
+// with the same reason rewrites it, so a node that keeps asking costs one
+// write per WaitingRefresh, not one per request.
+const WaitingRefresh = 15 * time.Minute
+
+// SetWaiting records why the node's pre-reboot was turned away. It writes
+// only when the reason changed or the mark is older than WaitingRefresh; an
+// empty reason removes the mark.
+func (d *Directory) SetWaiting(ctx context.Context, name, reason string) error {
+	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
+		old, at := n.Annotations[annotations.Waiting], n.Annotations[annotations.WaitingAt]
+		if reason == "" {
+			if old == "" && at == "" {
+				return nil
+			}
+			return &nodePatch{annotations: map[string]*string{annotations.Waiting: nil, annotations.WaitingAt: nil}}
+		}
+		if t, err := time.Parse(time.RFC3339, at); old == reason && err == nil && d.now().Sub(t) < WaitingRefresh {
+			return nil
+		}
+		return &nodePatch{annotations: map[string]*string{
+			annotations.Waiting:   ptr(reason),
+			annotations.WaitingAt: ptr(d.now().UTC().Format(time.RFC3339)),
+		}}
+	}, "", "")
+}
+
+// Waiting reports whether the node carries a mark of a turned-away
+// pre-reboot.
+func Waiting(n *corev1.Node) bool {
+	return n.Annotations[annotations.Waiting] != "" || n.Annotations[annotations.WaitingAt] != ""
+}
+
 // Finish ends the node's reboot cycle: it uncordons the node only if we
 // cordoned it, and marks it Ready. A node the cycle never touched is left
 // alone.
@@ -178,6 +216,8 @@ func (d *Directory) Finish(ctx context.Context, name string) error {
 			annotations.DrainMessage:   nil,
 			annotations.CordonedBy:     nil,
 			annotations.ApprovedBootID: nil,
+			annotations.Waiting:        nil,
+			annotations.WaitingAt:      nil,
 		}}
 		if n.Annotations[annotations.CordonedBy] == annotations.CordonOwner && n.Spec.Unschedulable {
 			p.unschedulable = ptr(false)

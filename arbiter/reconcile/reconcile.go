@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
@@ -33,21 +34,46 @@ type Lock interface {
 	Release(ctx context.Context, group, id string) (bool, error)
 }
 
-// Reconciler repairs what requests alone cannot.
-type Reconciler struct {
-	nodes    Nodes
-	lock     Lock
-	events   record.EventRecorder
-	ns       string
-	log      *slog.Logger
-	interval time.Duration
-	kick     chan struct{}
+// Config tunes the reconciler.
+type Config struct {
+	// Namespace holds the lock objects; Events about locks go on them.
+	Namespace string
+	// Interval is the time between passes.
+	Interval time.Duration
+	// MaxHold, when positive, is how long a slot may be held before the
+	// holder gets a LockHeldTooLong Warning Event. The slot is never taken
+	// away: a timed release could reboot a second node while the first is
+	// still down.
+	MaxHold time.Duration
+	// Metrics receives the stale-lock releases; nil means unregistered ones.
+	Metrics *Metrics
 }
 
-// New returns a Reconciler that runs a pass every interval and on Kick.
-// Events about locks go on the lock objects in namespace.
-func New(n Nodes, l Lock, events record.EventRecorder, namespace string, interval time.Duration, log *slog.Logger) *Reconciler {
-	return &Reconciler{nodes: n, lock: l, events: events, ns: namespace, log: log, interval: interval, kick: make(chan struct{}, 1)}
+// Reconciler repairs what requests alone cannot.
+type Reconciler struct {
+	nodes  Nodes
+	lock   Lock
+	events record.EventRecorder
+	cfg    Config
+	log    *slog.Logger
+	kick   chan struct{}
+	now    func() time.Time
+	warned map[warning]bool // holders already told they hold too long
+}
+
+// warning identifies one holding of a slot.
+type warning struct {
+	group, id string
+	since     time.Time
+}
+
+// New returns a Reconciler that runs a pass every cfg.Interval and on Kick.
+func New(n Nodes, l Lock, events record.EventRecorder, cfg Config, log *slog.Logger) *Reconciler {
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	return &Reconciler{nodes: n, lock: l, events: events, cfg: cfg, log: log, kick: make(chan struct{}, 1),
+		now: time.Now, warned: map[warning]bool{}}
 }
 
 // Kick asks for a pass soon, for example after a Node was deleted.
@@ -60,7 +86,7 @@ func (r *Reconciler) Kick() {
 
 // Run makes passes until ctx ends.
 func (r *Reconciler) Run(ctx context.Context) {
-	t := time.NewTicker(r.interval)
+	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
 		r.Pass(ctx)
@@ -81,6 +107,7 @@ func (r *Reconciler) Pass(ctx context.Context) {
 		r.log.Warn("reading the locks failed", "err", err)
 		return
 	}
+	r.warnOverdue(all)
 	holding := map[string]bool{}
 	for group, holders := range all {
 		for _, h := range holders {
@@ -148,8 +175,48 @@ func (r *Reconciler) releaseIfGone(ctx context.Context, group string, h lock.Hol
 	}
 	if released {
 		log.Warn("released the slot of a deleted node", "held_since", h.Since)
-		ref := &corev1.ObjectReference{APIVersion: "coordination.k8s.io/v1", Kind: "Lease", Namespace: r.ns, Name: lock.ObjectName(group)}
-		r.events.Eventf(ref, corev1.EventTypeWarning, "StaleLockReleased",
+		r.cfg.Metrics.staleReleases.WithLabelValues(group).Inc()
+		r.events.Eventf(r.lockRef(group), corev1.EventTypeWarning, "StaleLockReleased",
 			"released the slot of node %s (id %s), which was deleted", h.Node, h.ID)
 	}
+}
+
+// warnOverdue gives every holder older than MaxHold one Warning Event, on
+// its Node or, for a host outside the cluster, on the lock object.
+func (r *Reconciler) warnOverdue(all map[string][]lock.Holder) {
+	if r.cfg.MaxHold <= 0 {
+		return
+	}
+	seen := map[warning]bool{}
+	now := r.now()
+	for group, holders := range all {
+		for _, h := range holders {
+			w := warning{group: group, id: h.ID, since: h.Since}
+			held := now.Sub(h.Since)
+			if held <= r.cfg.MaxHold {
+				continue
+			}
+			seen[w] = true
+			if r.warned[w] {
+				continue
+			}
+			who := "id " + h.ID
+			ref := r.lockRef(group)
+			if h.Node != "" {
+				who = "node " + h.Node
+				ref = &corev1.ObjectReference{Kind: "Node", Name: h.Node, UID: types.UID(h.Node)}
+			}
+			r.log.Warn("slot held for longer than the maximum", "node", h.Node, "group", group, "id", h.ID,
+				"held", held.Round(time.Second).String(), "max_hold", r.cfg.MaxHold.String())
+			r.events.Eventf(ref, corev1.EventTypeWarning, "LockHeldTooLong",
+				"%s has held a reboot slot in group %q for %s, over the maximum of %s; it is not released automatically: "+
+					"check the node, then free the slot with `kubectl reboot-manager release` if it will not come back",
+				who, group, held.Round(time.Second), r.cfg.MaxHold)
+		}
+	}
+	r.warned = seen
+}
+
+func (r *Reconciler) lockRef(group string) *corev1.ObjectReference {
+	return &corev1.ObjectReference{APIVersion: "coordination.k8s.io/v1", Kind: "Lease", Namespace: r.cfg.Namespace, Name: lock.ObjectName(group)}
 }

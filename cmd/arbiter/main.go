@@ -54,6 +54,7 @@ type config struct {
 	drain             drain.Config
 	drainWorkers      int
 	reconcileInterval time.Duration
+	maxHold           time.Duration
 	leaderElection    bool
 	leaseName         string
 	identity          string
@@ -77,6 +78,7 @@ func parse(args []string) (config, error) {
 	fs.DurationVar(&c.drain.PodTimeout, "drain-pod-timeout", 5*time.Minute, "time one pod may resist eviction before a PodEvictionStuck Warning Event names it (it still blocks; 0 disables)")
 	fs.IntVar(&c.drainWorkers, "drain-workers", 4, "nodes drained in parallel")
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", 30*time.Second, "how often to release slots of deleted nodes and clean up leftover cordons")
+	fs.DurationVar(&c.maxHold, "max-hold", 2*time.Hour, "slot holding time after which the holder gets a LockHeldTooLong Warning Event and counts in rebootmanager_slots_overdue; the slot is never released automatically (0 disables)")
 	fs.BoolVar(&c.leaderElection, "leader-election", true, "run the drainer and reconciler only on the elected replica")
 	fs.StringVar(&c.leaseName, "leader-election-lease", "reboot-manager-arbiter", "name of the leader-election Lease")
 	fs.StringVar(&c.identity, "pod-name", "", "this pod's name, from the downward API (its own pod is evicted last)")
@@ -92,6 +94,9 @@ func parse(args []string) (config, error) {
 	}
 	if c.drainWorkers < 1 || c.drain.Concurrency < 1 {
 		return c, errors.New("-drain-workers and -drain-concurrency must be at least 1")
+	}
+	if c.maxHold < 0 {
+		return c, errors.New("-max-hold must not be negative")
 	}
 	if c.reconcileInterval <= 0 {
 		return c, errors.New("-reconcile-interval must be positive")
@@ -174,11 +179,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("watch the groups ConfigMap: %w", err)
 	}
 
+	registry := prometheus.NewRegistry()
 	directory := nodes.New(client, nodeInformer, recorder)
 	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace)
+	cfg.drain.Metrics = drain.NewMetrics(registry)
 	drainer := drain.New(client, directory, cfg.drain, log)
-	reconciler := reconcile.New(directory, semaphore, recorder, cfg.namespace, cfg.reconcileInterval, log)
-	decider := coordinator.New(directory, semaphore, drainer, settings, coordinator.Config{AllowUnknownNodes: cfg.allowUnknownNodes}, log)
+	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
+		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
+	}, log)
+	decider := coordinator.New(directory, semaphore, drainer, settings,
+		coordinator.Config{AllowUnknownNodes: cfg.allowUnknownNodes}, coordinator.NewMetrics(registry), log)
 
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { enqueueDraining(drainer, obj) },
@@ -198,9 +208,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 		return nil
 	}
-	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }))
+		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold))
 	srv := arbiter.NewServer(cfg.listenAddress, arbiter.Handler(decider, arbiter.Config{
 		BasePath: cfg.basePath, Ready: ready, Registry: registry,
 	}, log))

@@ -21,6 +21,13 @@ const (
 	ApprovedBootID = "rebootmanager/approved-boot-id"
 	// DrainMessage says why the drain is stuck: refused evictions, a timeout.
 	DrainMessage = "rebootmanager/drain-message"
+	// Waiting says why the node's last pre-reboot was turned away before it
+	// took a slot (the group is full, say). It is not part of the cycle: a
+	// waiting node is still in service.
+	Waiting = "rebootmanager/waiting"
+	// WaitingAt is when the node last asked and was turned away (RFC 3339),
+	// refreshed at most every few minutes.
+	WaitingAt = "rebootmanager/waiting-at"
 )
 
 // Label on Nodes.
