@@ -41,7 +41,7 @@ func (f *fake) SetWaiting(_ context.Context, _, reason string) error {
 	f.call("SetWaiting(" + reason + ")")
 	return nil
 }
-func (f *fake) Finish(context.Context, string) error        { f.call("Finish"); return f.finishErr }
+func (f *fake) Finish(context.Context, string) error { f.call("Finish"); return f.finishErr }
 func (f *fake) Acquire(context.Context, string, lock.Holder, int) (lock.Result, error) {
 	f.call("Acquire")
 	return f.acquire, f.acquireErr

@@ -26,9 +26,9 @@ func NewCollector(s *Semaphore, slots func(group string) int, maxHold time.Durat
 		slots:   slots,
 		maxHold: maxHold,
 		overdue: prometheus.NewDesc("rebootmanager_slots_overdue", "Slots held for longer than --max-hold, by group.", []string{"group"}, nil),
-		held:  prometheus.NewDesc("rebootmanager_slots_held", "Reboot slots held, by group.", []string{"group"}, nil),
-		total: prometheus.NewDesc("rebootmanager_slots", "Reboot slots configured, by group with a lock object.", []string{"group"}, nil),
-		age:   prometheus.NewDesc("rebootmanager_lock_held_seconds", "How long each holder has held its slot.", []string{"group", "node", "id"}, nil),
+		held:    prometheus.NewDesc("rebootmanager_slots_held", "Reboot slots held, by group.", []string{"group"}, nil),
+		total:   prometheus.NewDesc("rebootmanager_slots", "Reboot slots configured, by group with a lock object.", []string{"group"}, nil),
+		age:     prometheus.NewDesc("rebootmanager_lock_held_seconds", "How long each holder has held its slot.", []string{"group", "node", "id"}, nil),
 	}
 }
 

@@ -6,6 +6,7 @@ package nodes
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -68,10 +69,21 @@ func New(client kubernetes.Interface, informer cache.SharedIndexInformer, record
 	}
 }
 
+// NewUncached returns a Directory for one-shot commands: it reads every Node
+// from the API server. Lookup and List need the cache and fail on it.
+func NewUncached(client kubernetes.Interface, recorder record.EventRecorder) *Directory {
+	return &Directory{client: client, recorder: recorder, now: time.Now}
+}
+
+var errNoCache = errors.New("this node directory has no cache")
+
 // Lookup returns the Node whose Zincati id is id, or nil when none matches.
 // It reads only the cache. When several Nodes match (cloned machine ids), the
 // one whose agent published the id wins, then the first by name.
 func (d *Directory) Lookup(id string) (*corev1.Node, error) {
+	if d.indexer == nil {
+		return nil, errNoCache
+	}
 	objs, err := d.indexer.ByIndex(IDIndex, id)
 	if err != nil {
 		return nil, fmt.Errorf("look up node by Zincati id %s: %w", id, err)
@@ -94,7 +106,12 @@ func (d *Directory) Lookup(id string) (*corev1.Node, error) {
 }
 
 // Get returns a Node from the cache.
-func (d *Directory) Get(name string) (*corev1.Node, error) { return d.lister.Get(name) }
+func (d *Directory) Get(name string) (*corev1.Node, error) {
+	if d.lister == nil {
+		return nil, errNoCache
+	}
+	return d.lister.Get(name)
+}
 
 // Exists asks the API server, not the cache, whether a Node exists.
 func (d *Directory) Exists(ctx context.Context, name string) (bool, error) {
@@ -109,7 +126,12 @@ func (d *Directory) Exists(ctx context.Context, name string) (bool, error) {
 }
 
 // List returns every Node in the cache.
-func (d *Directory) List() ([]*corev1.Node, error) { return d.lister.List(labels.Everything()) }
+func (d *Directory) List() ([]*corev1.Node, error) {
+	if d.lister == nil {
+		return nil, errNoCache
+	}
+	return d.lister.List(labels.Everything())
+}
 
 // StartDrain cordons the node and marks it Draining in group. If the node
 // was already unschedulable and not by us (an admin's cordon), it stays so
@@ -270,10 +292,10 @@ func (d *Directory) patch(ctx context.Context, name string, decide func(*corev1.
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		var n *corev1.Node
 		var err error
-		if first {
+		if first && d.lister != nil {
 			n, err = d.lister.Get(name)
-			first = false
 		}
+		first = false
 		if n == nil || err != nil {
 			n, err = d.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		}

@@ -24,6 +24,13 @@ func Parse(fs *flag.FlagSet, prefix string, args []string, lookup func(string) (
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	return FromEnv(fs, prefix, lookup)
+}
+
+// FromEnv sets every flag of the parsed fs that the command line did not set
+// from its environment variable, if that is set. It is the second half of
+// Parse, for commands that take positional arguments too.
+func FromEnv(fs *flag.FlagSet, prefix string, lookup func(string) (string, bool)) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var err error

@@ -22,32 +22,30 @@ import (
 )
 
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	buildMu  sync.Mutex
+	binaries = map[string]string{}
 )
 
-// arbiterBinary builds cmd/arbiter once per test run.
-func arbiterBinary(t testing.TB) string {
+// binary builds ./cmd/<name> once per test run and returns its path.
+func binary(t testing.TB, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "arbiter-e2e")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "arbiter")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/arbiter")
-		cmd.Dir = cluster.Root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/arbiter: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if path, ok := binaries[name]; ok {
+		return path
 	}
-	return binPath
+	dir, err := os.MkdirTemp("", "e2e-bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", path, "./cmd/"+name)
+	cmd.Dir = cluster.Root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, out)
+	}
+	binaries[name] = path
+	return path
 }
 
 // arbiter is a running arbiter process.
@@ -69,7 +67,7 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 	addr := l.Addr().String()
 	l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, arbiterBinary(t), append([]string{
+	cmd := exec.CommandContext(ctx, binary(t, "arbiter"), append([]string{
 		"--kubeconfig", cluster.Kubeconfig, "--listen-address", addr, "--namespace", ns,
 		"--log-format", "text", "--reconcile-interval", "1s",
 	}, args...)...)

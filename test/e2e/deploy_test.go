@@ -27,7 +27,7 @@ const (
 // installRBAC applies the namespace, RBAC and groups manifests for real.
 func installRBAC(t *testing.T) {
 	t.Helper()
-	for _, f := range []string{"deploy/namespace.yaml", "deploy/arbiter-rbac.yaml", "deploy/agent-rbac.yaml", "deploy/groups.yaml"} {
+	for _, f := range []string{"deploy/namespace.yaml", "deploy/arbiter-rbac.yaml", "deploy/agent-rbac.yaml", "deploy/operator-rbac.yaml", "deploy/groups.yaml"} {
 		if _, err := cluster.Kubectl("apply", "-f", f); err != nil {
 			t.Fatal(err)
 		}

@@ -120,14 +120,19 @@ func (c *Cluster) Kubectl(args ...string) (string, error) {
 }
 
 // ImpersonatingKubeconfig writes a kubeconfig that acts as user (for
-// example a ServiceAccount), through the admin's impersonation right.
-func (c *Cluster) ImpersonatingKubeconfig(t testing.TB, user string) string {
+// example a ServiceAccount) in groups, through the admin's impersonation
+// right.
+func (c *Cluster) ImpersonatingKubeconfig(t testing.TB, user string, groups ...string) string {
 	t.Helper()
 	raw, err := os.ReadFile(c.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := strings.Replace(string(raw), "    client-key:", "    as: "+user+"\n    client-key:", 1)
+	as := "    as: " + user + "\n"
+	if len(groups) > 0 {
+		as += "    as-groups: [" + strings.Join(groups, ", ") + "]\n"
+	}
+	text := strings.Replace(string(raw), "    client-key:", as+"    client-key:", 1)
 	path := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)

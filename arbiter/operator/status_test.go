@@ -1,0 +1,91 @@
+package operator
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+)
+
+func TestNodeStatus(t *testing.T) {
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	ready := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue}
+	node := func(unschedulable bool, bootID string, a map[string]string) *corev1.Node {
+		return &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: a, Labels: map[string]string{annotations.GroupLabel: "workers"}},
+			Spec:       corev1.NodeSpec{Unschedulable: unschedulable},
+			Status:     corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: bootID}, Conditions: []corev1.NodeCondition{ready}},
+		}
+	}
+	tests := []struct {
+		name       string
+		node       *corev1.Node
+		wantStatus string
+		wantGroup  string
+		wantReason string
+	}{
+		{"never touched", node(false, "b1", nil), annotations.StatusReady, "workers", ""},
+		{"draining with a message", node(true, "b1", map[string]string{
+			annotations.Status: annotations.StatusDraining, annotations.Group: "g", annotations.Since: "2026-11-24T11:50:00Z",
+			annotations.DrainMessage: "ns/web-1: blocked by PodDisruptionBudget"}),
+			annotations.StatusDraining, "g", "ns/web-1: blocked by PodDisruptionBudget"},
+		{"draining, nothing refused yet", node(true, "b1", map[string]string{annotations.Status: annotations.StatusDraining}),
+			annotations.StatusDraining, "workers", "evicting pods"},
+		{"approved, not yet rebooted", node(true, "b1", map[string]string{
+			annotations.Status: annotations.StatusRebooting, annotations.ApprovedBootID: "b1"}),
+			annotations.StatusRebooting, "workers", "waiting for the reboot"},
+		{"rebooted", node(true, "b2", map[string]string{
+			annotations.Status: annotations.StatusRebooting, annotations.ApprovedBootID: "b1"}),
+			annotations.StatusRebooting, "workers", "waiting for Zincati's steady-state"},
+		{"waiting", node(false, "b1", map[string]string{
+			annotations.Waiting: `group "workers" is full`, annotations.WaitingAt: "2026-11-24T11:58:00Z"}),
+			StatusWaiting, "workers", `group "workers" is full (last asked 2m ago)`},
+		{"an admin's cordon", node(true, "b1", nil), annotations.StatusReady, "workers", "cordoned by someone else"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := nodeStatus(tt.node, now)
+			if got.Status != tt.wantStatus || got.Group != tt.wantGroup || !strings.Contains(got.Reason, tt.wantReason) ||
+				(tt.wantReason == "" && got.Reason != "") {
+				t.Errorf("nodeStatus = %+v, want status %s, group %s, reason containing %q", got, tt.wantStatus, tt.wantGroup, tt.wantReason)
+			}
+		})
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	since := now.Add(-90 * time.Second)
+	r := Report{
+		Time:        now,
+		ConfigError: "parse: bad slots",
+		Groups: []Group{
+			{Name: "default", Slots: 1, Holders: []Holder{{ID: "abc", Node: "n1", Since: since, HeldSeconds: 90}}},
+			{Name: "outside", Slots: 2, Holders: []Holder{{ID: "def", Since: since, HeldSeconds: 3700}}},
+		},
+		Nodes: []Node{
+			{Name: "n1", Group: "default", Status: annotations.StatusDraining, Unschedulable: true, Since: &since, Reason: "evicting pods"},
+			{Name: "n2", Group: "default", Status: annotations.StatusReady},
+		},
+	}
+	var b bytes.Buffer
+	if err := r.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"WARNING: groups ConfigMap rejected",
+		"default  1      1     n1 (90s)",
+		"outside  2      1     id def (61m)",
+		"n1    default  Draining  yes       90s  evicting pods",
+		"n2    default  Ready     no        -    -",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
