@@ -101,7 +101,8 @@ Node fcos-0 has machine id %s, so Zincati would send id %s.
 Ask to reboot fcos-0 (repeat it: 423 drain_in_progress while its pods leave, then 200):
   curl -sS -H 'fleet-lock-protocol: true' -d '%s' %sv1/pre-reboot; echo
 Watch it:
-  . .cluster/env; kubectl get nodes -L rebootmanager/status; kubectl get pods -n demo -o wide
+  . .cluster/env; kubectl get pods -n demo -o wide
+  bin/kubectl-reboot_manager --kubeconfig .cluster/kubeconfig status
 Report it back up (releases the slot and uncordons):
   curl -sS -H 'fleet-lock-protocol: true' -d '%s' %sv1/steady-state; echo
 
