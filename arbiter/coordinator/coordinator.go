@@ -37,6 +37,7 @@ type Lock interface {
 	Acquire(ctx context.Context, group string, h lock.Holder, slots int) (lock.Result, error)
 	Release(ctx context.Context, group, id string) (bool, error)
 	Holds(group, id string) bool
+	Cached(group string) []lock.Holder
 }
 
 // Drainer empties nodes.
@@ -55,6 +56,16 @@ type Config struct {
 	// AllowUnknownNodes grants slots to ids that match no Node, as a plain
 	// semaphore with no drain, for hosts outside the cluster.
 	AllowUnknownNodes bool
+	// MaxWait, when positive, is how long a pre-reboot may wait server-side
+	// for a slot or for its node's drain before it is answered 423. Zero
+	// answers at once (plain polling).
+	MaxWait time.Duration
+	// DrainPoll is how often a waiting pre-reboot looks at its node's pods
+	// (default 1s).
+	DrainPoll time.Duration
+	// Recheck is how often a waiter asks for a slot even unwoken, in case a
+	// wake-up was missed (default 30s).
+	Recheck time.Duration
 }
 
 // Coordinator decides FleetLock requests.
@@ -67,6 +78,7 @@ type Coordinator struct {
 	log      *slog.Logger
 	now      func() time.Time
 	metrics  *Metrics
+	queue    *waitQueue
 }
 
 // New returns a Coordinator that reports to m; nil m means unregistered
@@ -75,13 +87,26 @@ func New(n Nodes, l Lock, d Drainer, s Settings, cfg Config, m *Metrics, log *sl
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Coordinator{nodes: n, lock: l, drainer: d, settings: s, cfg: cfg, log: log, now: time.Now, metrics: m}
+	if cfg.DrainPoll <= 0 {
+		cfg.DrainPoll = time.Second
+	}
+	if cfg.Recheck <= 0 {
+		cfg.Recheck = 30 * time.Second
+	}
+	return &Coordinator{nodes: n, lock: l, drainer: d, settings: s, cfg: cfg, log: log, now: time.Now, metrics: m, queue: newWaitQueue()}
 }
 
 // PreReboot answers a pre-reboot: nil means the node may reboot now. It
 // takes or confirms a slot, cordons the node and has it drained, and
 // approves only once every evictable pod is gone. Any other outcome is a
 // *fleetlock.Error.
+//
+// With Config.MaxWait set, a pre-reboot that finds its group full, or its
+// node still draining, waits server-side up to MaxWait instead of turning
+// the node away until its next tick: waiters for a slot are served in
+// arrival order the moment one frees, and a drained node is approved at
+// once. A waiter holds nothing while it waits; a waiter whose connection
+// closes leaves the queue.
 func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
 	log := c.log.With("id", p.ID, "group", p.Group)
 	node, err := c.nodes.Lookup(p.ID)
@@ -97,25 +122,15 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 		h.Node = node.Name
 		log = log.With("node", node.Name)
 	}
+	var deadline <-chan time.Time
+	if c.cfg.MaxWait > 0 {
+		t := time.NewTimer(c.cfg.MaxWait)
+		defer t.Stop()
+		deadline = t.C
+	}
 
-	slots := c.settings.For(p.Group).Slots
-	res, err := c.lock.Acquire(ctx, p.Group, h, slots)
-	if err != nil {
-		return failure(log, "take a reboot slot", err)
-	}
-	if !res.Granted {
-		log.Info("group full", "slots", slots, "holders", len(res.Holders))
-		if node != nil {
-			reason := fmt.Sprintf("group %q is full: %d of %d slots held by %s", p.Group, len(res.Holders), slots, names(res.Holders))
-			if err := c.nodes.SetWaiting(ctx, node.Name, reason); err != nil {
-				log.Warn("recording why the node waits failed", "err", err)
-			}
-		}
-		return fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s",
-			p.Group, len(res.Holders), slots, c.describe(res.Holders))
-	}
-	if res.Changed {
-		log.Info("slot taken", "slots", slots)
+	if err := c.takeSlot(ctx, log, p, node, h, deadline); err != nil {
+		return err
 	}
 	if node == nil {
 		log.Info("reboot approved for a host outside the cluster")
@@ -124,22 +139,108 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	if node.Annotations[annotations.Status] == annotations.StatusRebooting {
 		return nil // recursive: already approved
 	}
-
 	if err := c.nodes.StartDrain(ctx, node.Name, p.Group); err != nil {
 		return failure(log, "cordon the node", err)
 	}
-	pending, err := c.drainer.Pending(ctx, node.Name)
-	if err != nil {
-		return failure(log, "list the node's pods", err)
+	return c.awaitDrain(ctx, log, p, node, deadline)
+}
+
+// takeSlot takes or confirms the caller's slot. Without a deadline it asks
+// once; with one it queues behind earlier waiters and asks again whenever
+// Wake says a slot may be free, until the deadline.
+func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder, deadline <-chan time.Time) error {
+	try := true
+	var w *waiter
+	if deadline != nil {
+		var first bool
+		w, first = c.queue.join(p.Group, p.ID)
+		defer func() {
+			c.queue.leave(p.Group, w)
+			c.Wake(p.Group) // pass on a wake-up this waiter may have used
+		}()
+		// Behind others, ask only when woken, unless the caller already
+		// holds a slot or is mid-cycle (a recursive ask).
+		try = first || c.lock.Holds(p.Group, p.ID) || (node != nil && nodes.InCycle(node))
 	}
-	if !pending.Done() {
-		c.drainer.Enqueue(node.Name)
-		msg := pending.String()
-		if m := node.Annotations[annotations.DrainMessage]; m != "" {
-			msg += "; " + m
+	recheck := time.NewTicker(c.cfg.Recheck)
+	defer recheck.Stop()
+	waitingNoted := false
+	for {
+		slots := c.settings.For(p.Group).Slots
+		var res lock.Result
+		if try {
+			var err error
+			res, err = c.lock.Acquire(ctx, p.Group, h, slots)
+			if err != nil {
+				if ctx.Err() != nil {
+					return interrupted(ctx, log)
+				}
+				return failure(log, "take a reboot slot", err)
+			}
+			if res.Granted {
+				if res.Changed {
+					log.Info("slot taken", "slots", slots)
+				}
+				return nil
+			}
+		} else {
+			res.Holders = c.lock.Cached(p.Group)
 		}
-		log.Info("draining", "remaining", len(pending.Pods))
-		return fleetlock.Errorf(fleetlock.KindDrainInProgress, "node %s is draining: %s", node.Name, msg)
+		if !waitingNoted {
+			waitingNoted = true
+			log.Info("group full", "slots", slots, "holders", len(res.Holders), "waiters", c.queue.size(p.Group))
+			if node != nil {
+				reason := fmt.Sprintf("group %q is full: %d of %d slots held by %s", p.Group, len(res.Holders), slots, names(res.Holders))
+				if err := c.nodes.SetWaiting(ctx, node.Name, reason); err != nil {
+					log.Warn("recording why the node waits failed", "err", err)
+				}
+			}
+		}
+		full := fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s",
+			p.Group, len(res.Holders), slots, c.describe(res.Holders))
+		if deadline == nil {
+			return full
+		}
+		select {
+		case <-w.wake:
+		case <-recheck.C:
+		case <-deadline:
+			return full
+		case <-ctx.Done():
+			return interrupted(ctx, log)
+		}
+		try = true
+	}
+}
+
+// awaitDrain approves the reboot once the node is empty. Without a deadline
+// it looks once; with one it looks again every DrainPoll until the deadline.
+func (c *Coordinator) awaitDrain(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, deadline <-chan time.Time) error {
+	for {
+		pending, err := c.drainer.Pending(ctx, node.Name)
+		if err != nil {
+			if ctx.Err() != nil {
+				return interrupted(ctx, log)
+			}
+			return failure(log, "list the node's pods", err)
+		}
+		if pending.Done() {
+			break
+		}
+		c.drainer.Enqueue(node.Name)
+		if deadline == nil {
+			return c.draining(log, p, node.Name, pending)
+		}
+		t := time.NewTimer(c.cfg.DrainPoll)
+		select {
+		case <-t.C:
+		case <-deadline:
+			t.Stop()
+			return c.draining(log, p, node.Name, pending)
+		case <-ctx.Done():
+			t.Stop()
+			return interrupted(ctx, log)
+		}
 	}
 	if err := c.nodes.MarkRebooting(ctx, node.Name); err != nil {
 		return failure(log, "mark the node Rebooting", err)
@@ -149,6 +250,37 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	}
 	log.Info("reboot approved")
 	return nil
+}
+
+// draining is the drain_in_progress answer: what remains, and what the
+// drainer last found blocking it.
+func (c *Coordinator) draining(log *slog.Logger, p fleetlock.ClientParams, name string, pending drain.Pending) error {
+	msg := pending.String()
+	if n, err := c.nodes.Lookup(p.ID); err == nil && n != nil && n.Annotations[annotations.DrainMessage] != "" {
+		msg += "; " + n.Annotations[annotations.DrainMessage]
+	}
+	log.Info("draining", "remaining", len(pending.Pods))
+	return fleetlock.Errorf(fleetlock.KindDrainInProgress, "node %s is draining: %s", name, msg)
+}
+
+// Wake tells the pre-reboots waiting in group that a slot may have freed:
+// the first as many as the cache shows free slots, and any that already
+// holds one. Call it whenever the group's lock object or slots change.
+func (c *Coordinator) Wake(group string) {
+	holders := c.lock.Cached(group)
+	held := make(map[string]bool, len(holders))
+	for _, h := range holders {
+		held[h.ID] = true
+	}
+	c.queue.wake(group, c.settings.For(group).Slots-len(holders), held)
+}
+
+// WakeAll runs Wake for every group with waiters, for example after the
+// slots configuration changed.
+func (c *Coordinator) WakeAll() {
+	for _, g := range c.queue.groups() {
+		c.Wake(g)
+	}
 }
 
 // SteadyState answers a steady-state: it always answers nil (200) unless the
@@ -229,6 +361,15 @@ func unknownNode(id string) error {
 		"no Node has Zincati id %s: deploy the reboot-manager agent on the host (it publishes the id as the "+
 			"annotation %s), or mount /etc/machine-id into kubelet so status.nodeInfo.machineID matches, "+
 			"or run the arbiter with --allow-unknown-nodes to lock without draining", id, annotations.ZincatiID)
+}
+
+// interrupted answers a request whose context ended before a decision:
+// the client went away (the answer is lost anyway) or the arbiter is
+// shutting down. It is never a 2xx.
+func interrupted(ctx context.Context, log *slog.Logger) error {
+	cause := context.Cause(ctx)
+	log.Info("request ended before a decision", "cause", cause)
+	return fleetlock.Errorf(fleetlock.KindUnavailable, "no decision: %v; ask again", cause)
 }
 
 // failure logs err and turns it into a FleetLock error that fails closed:

@@ -50,7 +50,8 @@ func (f *fake) Release(context.Context, string, string) (bool, error) {
 	f.call("Release")
 	return f.releaseErr == nil, f.releaseErr
 }
-func (f *fake) Holds(string, string) bool { return f.holds }
+func (f *fake) Holds(string, string) bool   { return f.holds }
+func (f *fake) Cached(string) []lock.Holder { return f.acquire.Holders }
 func (f *fake) Pending(context.Context, string) (drain.Pending, error) {
 	f.call("Pending")
 	return f.pending, nil

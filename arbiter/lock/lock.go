@@ -64,8 +64,9 @@ type Semaphore struct {
 }
 
 // New returns a Semaphore that writes through client and reads the cheap,
-// possibly stale views (Holds, All) from lister, which must watch the Leases
-// labelled Label in namespace.
+// possibly stale views (Holds, Cached, All) from lister, which must watch
+// the Leases labelled Label in namespace. A one-shot command that uses only
+// Acquire, Release and Fresh may pass a nil lister.
 func New(client coordinationclient.LeasesGetter, lister coordinationlisters.LeaseLister, namespace string) *Semaphore {
 	return &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now}
 }
@@ -120,12 +121,21 @@ func (s *Semaphore) Release(ctx context.Context, group, id string) (bool, error)
 // no API request, so a steady-state from a node that holds nothing costs
 // nothing; a just-taken slot may not be visible yet.
 func (s *Semaphore) Holds(group, id string) bool {
+	return index(s.Cached(group), id) >= 0
+}
+
+// Cached returns group's holders as the cache last saw them, without an API
+// request; nil when the group has no lock object or it cannot be read.
+func (s *Semaphore) Cached(group string) []Holder {
 	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
 	if err != nil {
-		return false
+		return nil
 	}
 	holders, err := Decode(l)
-	return err == nil && index(holders, id) >= 0
+	if err != nil {
+		return nil
+	}
+	return holders
 }
 
 // All returns every group's holders from the cache, keyed by group.

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -51,6 +53,7 @@ type config struct {
 	basePath          string
 	groupsConfigMap   string
 	allowUnknownNodes bool
+	maxWait           time.Duration
 	drain             drain.Config
 	drainWorkers      int
 	reconcileInterval time.Duration
@@ -71,6 +74,7 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.basePath, "base-path", "/", "path prefix of the FleetLock endpoints (Zincati's base_url path)")
 	fs.StringVar(&c.groupsConfigMap, "groups-configmap", "reboot-manager-groups", "ConfigMap holding per-group slots under config.yaml")
 	fs.BoolVar(&c.allowUnknownNodes, "allow-unknown-nodes", false, "grant slots to ids that match no Node, as a plain semaphore without draining")
+	fs.DurationVar(&c.maxWait, "max-wait", 5*time.Minute, "how long a pre-reboot may wait server-side for a slot (first come, first served) or for its drain before a 423; 0 answers at once (plain polling); keep it well under Zincati's 30-minute request timeout")
 	fs.BoolVar(&c.drain.Force, "drain-force", true, "evict pods that no controller manages (otherwise they block the drain)")
 	fs.BoolVar(&c.drain.DeleteEmptyDirData, "drain-delete-emptydir-data", true, "evict pods with emptyDir volumes (otherwise they block the drain)")
 	fs.IntVar(&c.drain.Concurrency, "drain-concurrency", 10, "evictions in flight per node")
@@ -94,6 +98,9 @@ func parse(args []string) (config, error) {
 	}
 	if c.drainWorkers < 1 || c.drain.Concurrency < 1 {
 		return c, errors.New("-drain-workers and -drain-concurrency must be at least 1")
+	}
+	if c.maxWait < 0 || c.maxWait >= 30*time.Minute {
+		return c, errors.New("-max-wait must be at least 0 and under Zincati's 30-minute request timeout")
 	}
 	if c.maxHold < 0 {
 		return c, errors.New("-max-hold must not be negative")
@@ -163,6 +170,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	cmInformer := cmFactory.Core().V1().ConfigMaps().Informer()
 
 	settings := groups.NewStore()
+	var decider *coordinator.Coordinator // set below, before the informers start
 	setGroups := func(obj any) {
 		cm, _ := obj.(*corev1.ConfigMap)
 		if err := settings.Set(cm); err != nil {
@@ -170,6 +178,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 			return
 		}
 		log.Info("groups settings loaded", "configmap", cfg.groupsConfigMap, "deleted", cm == nil)
+		if decider != nil {
+			decider.WakeAll()
+		}
 	}
 	if _, err := cmInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    setGroups,
@@ -187,8 +198,22 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
 		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
 	}, log)
-	decider := coordinator.New(directory, semaphore, drainer, settings,
-		coordinator.Config{AllowUnknownNodes: cfg.allowUnknownNodes}, coordinator.NewMetrics(registry), log)
+	decider = coordinator.New(directory, semaphore, drainer, settings,
+		coordinator.Config{AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait}, coordinator.NewMetrics(registry), log)
+
+	// Waiting pre-reboots are woken by changes to the lock objects and to
+	// the slots.
+	wakeGroup := func(obj any) {
+		if l, ok := obj.(*coordinationv1.Lease); ok {
+			decider.Wake(l.Annotations[annotations.LockGroup])
+		}
+	}
+	if _, err := leaseInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    wakeGroup,
+		UpdateFunc: func(_, obj any) { wakeGroup(obj) },
+	}); err != nil {
+		return fmt.Errorf("watch the lock objects: %w", err)
+	}
 
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { enqueueDraining(drainer, obj) },
@@ -213,11 +238,17 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	srv := arbiter.NewServer(cfg.listenAddress, arbiter.Handler(decider, arbiter.Config{
 		BasePath: cfg.basePath, Ready: ready, Registry: registry,
 	}, log))
+	// Requests end when shutdown starts, so waiting pre-reboots answer 503
+	// at once instead of holding the shutdown up.
+	requests, endRequests := context.WithCancelCause(context.Background())
+	defer endRequests(nil)
+	srv.BaseContext = func(net.Listener) context.Context { return requests }
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.ListenAndServe() }()
 	log.Info("serving FleetLock", "address", cfg.listenAddress, "base_path", cfg.basePath, "namespace", cfg.namespace)
 
 	if !cache.WaitForCacheSync(ctx.Done(), nodeInformer.HasSynced, leaseInformer.HasSynced, cmInformer.HasSynced) {
+		endRequests(errShuttingDown)
 		return shutdown(srv, ctx.Err())
 	}
 	synced.Store(true)
@@ -246,6 +277,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("serve %s: %w", cfg.listenAddress, err)
 	case <-ctx.Done():
 		log.Info("shutting down")
+		endRequests(errShuttingDown)
 		err := shutdown(srv, nil)
 		select {
 		case <-leaderDone:
@@ -254,6 +286,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 }
+
+var errShuttingDown = errors.New("the arbiter is shutting down")
 
 func enqueueDraining(d *drain.Drainer, obj any) {
 	if n, ok := obj.(*corev1.Node); ok && n.Annotations[annotations.Status] == annotations.StatusDraining {

@@ -70,6 +70,7 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 	cmd := exec.CommandContext(ctx, binary(t, "arbiter"), append([]string{
 		"--kubeconfig", cluster.Kubeconfig, "--listen-address", addr, "--namespace", ns,
 		"--log-format", "text", "--reconcile-interval", "1s",
+		"--max-wait", "0", // tests of long-poll set their own; a later flag wins
 	}, args...)...)
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "arbiter.log"))
 	if err != nil {

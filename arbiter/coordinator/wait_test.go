@@ -1,0 +1,286 @@
+package coordinator
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rebootmanager/reboot-manager/arbiter/drain"
+	"github.com/rebootmanager/reboot-manager/arbiter/groups"
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+)
+
+// memLock is an in-memory semaphore that, like the lock object's informer,
+// calls Wake after every change.
+type memLock struct {
+	mu       sync.Mutex
+	holders  []lock.Holder
+	onChange func()
+}
+
+func (m *memLock) Acquire(_ context.Context, _ string, h lock.Holder, slots int) (lock.Result, error) {
+	m.mu.Lock()
+	if slices.ContainsFunc(m.holders, func(x lock.Holder) bool { return x.ID == h.ID }) {
+		defer m.mu.Unlock()
+		return lock.Result{Granted: true, Holders: slices.Clone(m.holders)}, nil
+	}
+	if len(m.holders) >= slots {
+		defer m.mu.Unlock()
+		return lock.Result{Holders: slices.Clone(m.holders)}, nil
+	}
+	m.holders = append(m.holders, h)
+	res := lock.Result{Granted: true, Changed: true, Holders: slices.Clone(m.holders)}
+	m.mu.Unlock()
+	go m.onChange()
+	return res, nil
+}
+
+func (m *memLock) Release(_ context.Context, _, id string) (bool, error) {
+	m.mu.Lock()
+	n := len(m.holders)
+	m.holders = slices.DeleteFunc(m.holders, func(x lock.Holder) bool { return x.ID == id })
+	released := len(m.holders) < n
+	m.mu.Unlock()
+	go m.onChange()
+	return released, nil
+}
+
+func (m *memLock) Holds(_, id string) bool {
+	return slices.ContainsFunc(m.Cached(""), func(x lock.Holder) bool { return x.ID == id })
+}
+
+func (m *memLock) Cached(string) []lock.Holder {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.holders)
+}
+
+// noNodes has no Nodes: with AllowUnknownNodes the coordinator is a plain
+// semaphore, which is what the queue is about.
+type noNodes struct{}
+
+func (noNodes) Lookup(string) (*corev1.Node, error)                    { return nil, nil }
+func (noNodes) StartDrain(context.Context, string, string) error       { return nil }
+func (noNodes) MarkRebooting(context.Context, string) error            { return nil }
+func (noNodes) SetWaiting(context.Context, string, string) error       { return nil }
+func (noNodes) Finish(context.Context, string) error                   { return nil }
+func (noNodes) Pending(context.Context, string) (drain.Pending, error) { return drain.Pending{}, nil }
+func (noNodes) Enqueue(string)                                         {}
+
+type oneSlot struct{}
+
+func (oneSlot) For(string) groups.Settings { return groups.Settings{Slots: 1} }
+
+func newWaiting(t *testing.T, maxWait time.Duration) (*Coordinator, *memLock) {
+	t.Helper()
+	m := &memLock{}
+	c := New(noNodes{}, m, noNodes{}, oneSlot{}, Config{AllowUnknownNodes: true, MaxWait: maxWait, Recheck: time.Hour}, nil,
+		slog.New(slog.DiscardHandler))
+	m.onChange = func() { c.Wake("g") }
+	return c, m
+}
+
+// ask starts a pre-reboot and returns its answer channel once it is queued.
+func ask(t *testing.T, ctx context.Context, c *Coordinator, id string) <-chan error {
+	t.Helper()
+	before := c.queue.size("g")
+	out := make(chan error, 1)
+	go func() { out <- c.PreReboot(ctx, fleetlock.ClientParams{ID: id, Group: "g"}) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.queue.size("g") == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never queued", id)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return out
+}
+
+func answer(t *testing.T, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer within 5s")
+		return nil
+	}
+}
+
+func TestWaitersServedInOrder(t *testing.T) {
+	ctx := context.Background()
+	c, m := newWaiting(t, time.Minute)
+	if err := c.PreReboot(ctx, fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	a, b, d := ask(t, ctx, c, "a"), ask(t, ctx, c, "b"), ask(t, ctx, c, "d")
+	order := []string{"a", "b", "d"}
+	chans := []<-chan error{a, b, d}
+	prev := "x"
+	for i, id := range order {
+		if _, err := m.Release(ctx, "g", prev); err != nil {
+			t.Fatal(err)
+		}
+		if err := answer(t, chans[i]); err != nil {
+			t.Fatalf("%s: %v, want its turn", id, err)
+		}
+		if h := m.Cached(""); len(h) != 1 || h[0].ID != id {
+			t.Fatalf("after releasing %s the holder is %v, want %s", prev, h, id)
+		}
+		prev = id
+	}
+	if n := c.queue.size("g"); n != 0 {
+		t.Errorf("queue left with %d waiters", n)
+	}
+}
+
+func TestWaitEnds(t *testing.T) {
+	tests := []struct {
+		name     string
+		maxWait  time.Duration
+		cancel   bool
+		wantKind fleetlock.Kind
+	}{
+		{"deadline: lock_held", 50 * time.Millisecond, false, fleetlock.KindLockHeld},
+		{"no waiting: lock_held at once", 0, false, fleetlock.KindLockHeld},
+		{"connection closed: unavailable", time.Minute, true, fleetlock.KindUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, m := newWaiting(t, tt.maxWait)
+			if err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			out := make(chan error, 1)
+			go func() { out <- c.PreReboot(ctx, fleetlock.ClientParams{ID: "a", Group: "g"}) }()
+			if tt.cancel {
+				for c.queue.size("g") == 0 {
+					time.Sleep(time.Millisecond)
+				}
+				cancel()
+			}
+			if err := answer(t, out); !fleetlock.IsKind(err, tt.wantKind) {
+				t.Fatalf("PreReboot = %v, want %s", err, tt.wantKind)
+			}
+			if h := m.Cached(""); len(h) != 1 || h[0].ID != "x" {
+				t.Errorf("holders = %v, want only x", h)
+			}
+			if n := c.queue.size("g"); n != 0 {
+				t.Errorf("queue left with %d waiters", n)
+			}
+		})
+	}
+}
+
+// A waiter that leaves passes its turn on: the one behind it is not stuck.
+func TestLeavingWaiterPassesTurnOn(t *testing.T) {
+	c, m := newWaiting(t, time.Minute)
+	bg := context.Background()
+	if err := c.PreReboot(bg, fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	ctxA, cancelA := context.WithCancel(bg)
+	a := ask(t, ctxA, c, "a")
+	b := ask(t, bg, c, "b")
+	// x's release wakes a, which leaves at the same instant.
+	cancelA()
+	if _, err := m.Release(bg, "g", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if errA := answer(t, a); errA == nil {
+		// a won the race to the slot before seeing its cancellation; then b
+		// waits for a's release.
+		if _, err := m.Release(bg, "g", "a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if errB := answer(t, b); errB != nil {
+		t.Fatalf("b = %v, want its turn", errB)
+	}
+}
+
+// The holder asking again is answered at once, even behind waiters.
+func TestRecursiveAskSkipsQueue(t *testing.T) {
+	c, _ := newWaiting(t, time.Minute)
+	ctx := context.Background()
+	if err := c.PreReboot(ctx, fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	ctxA, cancelA := context.WithCancel(ctx)
+	defer cancelA()
+	_ = ask(t, ctxA, c, "a")
+	done := make(chan error, 1)
+	go func() { done <- c.PreReboot(ctx, fleetlock.ClientParams{ID: "x", Group: "g"}) }()
+	if err := answer(t, done); err != nil {
+		t.Fatalf("holder's second ask = %v, want 200", err)
+	}
+}
+
+// drainingNode is one known node whose pods leave after a few looks.
+type drainingNode struct {
+	noNodes
+	mu        sync.Mutex
+	looks     int
+	emptyAt   int
+	rebooting bool
+}
+
+func (d *drainingNode) Lookup(string) (*corev1.Node, error) {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, nil
+}
+
+func (d *drainingNode) MarkRebooting(context.Context, string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.rebooting = true
+	return nil
+}
+
+func (d *drainingNode) Pending(context.Context, string) (drain.Pending, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.looks++
+	if d.looks >= d.emptyAt {
+		return drain.Pending{}, nil
+	}
+	return drain.Pending{Pods: []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p"}}}}, nil
+}
+
+func TestDrainWait(t *testing.T) {
+	tests := []struct {
+		name     string
+		maxWait  time.Duration
+		emptyAt  int
+		wantKind fleetlock.Kind // "" for approval
+	}{
+		{"approved the moment the pods are gone", time.Minute, 4, ""},
+		{"deadline first: drain_in_progress", 30 * time.Millisecond, 1000, fleetlock.KindDrainInProgress},
+		{"no waiting: drain_in_progress at once", 0, 2, fleetlock.KindDrainInProgress},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &drainingNode{emptyAt: tt.emptyAt}
+			m := &memLock{onChange: func() {}}
+			c := New(d, m, d, oneSlot{}, Config{MaxWait: tt.maxWait, DrainPoll: 5 * time.Millisecond}, nil, slog.New(slog.DiscardHandler))
+			err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
+			if tt.wantKind == "" && err != nil || tt.wantKind != "" && !fleetlock.IsKind(err, tt.wantKind) {
+				t.Fatalf("PreReboot = %v, want %q", err, tt.wantKind)
+			}
+			if d.rebooting != (tt.wantKind == "") {
+				t.Errorf("marked Rebooting = %v", d.rebooting)
+			}
+			if tt.wantKind == "" && d.looks != tt.emptyAt {
+				t.Errorf("looked %d times, want %d (approved at the first empty look)", d.looks, tt.emptyAt)
+			}
+		})
+	}
+}
