@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build manifests test deps unit e2e vet fmt-check run cluster-up cluster-down bench clean
+.PHONY: all build manifests test deps unit e2e vet fmt-check run cluster-up cluster-down bench bench-quick clean
 
 all: build
 
@@ -37,9 +37,13 @@ unit:
 e2e: cluster-up
 	$(GO) test -count=1 -timeout 20m ./test/...
 
-## bench: benchmarks against the local plane (numbers for closing notes).
+## bench: benchmarks against the local plane, each run once (numbers for
+## closing notes); bench-quick: the same with a 6-host rollout.
 bench: cluster-up
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./test/e2e/
+	$(GO) test -run '^$$' -bench . -benchtime=1x -benchmem -count=1 -timeout 60m ./test/e2e/ | tee $(BIN)/bench.txt
+
+bench-quick: cluster-up
+	BENCH_ROLLOUT_HOSTS=6 $(GO) test -run '^$$' -bench . -benchtime=1x -benchmem -count=1 -timeout 10m ./test/e2e/
 
 cluster-up:
 	test/cluster/cluster.sh up
