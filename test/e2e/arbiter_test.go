@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
@@ -179,4 +180,25 @@ func getNode(t *testing.T, name string) *corev1.Node {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// guardedNode creates, in ns, a kwok node running web: a 2-replica
+// Deployment whose PodDisruptionBudget allows no disruption, so its drain
+// blocks until the budget is relaxed with fixtures.SetMinAvailable.
+func guardedNode(ctx context.Context, t *testing.T, ns string) simNode {
+	t.Helper()
+	target := newNodes(t, ns, 1, nil)[0]
+	must(t, fixtures.CreateGuarded(ctx, cluster.Client, ns, "web", ns, 2, 2))
+	must(t, fixtures.WaitRunning(ctx, cluster.Client, ns, "app=web", 2))
+	return target
+}
+
+// nodeEvents lists the Events of reason on a node.
+func nodeEvents(ctx context.Context, t *testing.T, node, reason string) []corev1.Event {
+	t.Helper()
+	evs, err := cluster.Client.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: fields.AndSelectors(
+		fields.OneTermEqualSelector("involvedObject.name", node),
+		fields.OneTermEqualSelector("reason", reason)).String()})
+	must(t, err)
+	return evs.Items
 }

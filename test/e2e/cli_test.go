@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/operator"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
@@ -70,11 +67,8 @@ func nodeIn(r operator.Report, name string) operator.Node {
 func TestCLI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := cluster.Client
 	ns := cluster.Namespace(t)
-	target := newNodes(t, ns, 1, nil)[0]
-	must(t, fixtures.CreateGuarded(ctx, c, ns, "web", ns, 2, 2))
-	must(t, fixtures.WaitRunning(ctx, c, ns, "app=web", 2))
+	target := guardedNode(ctx, t, ns)
 	others := newNodes(t, ns, 2, func(i int, s *fixtures.NodeSpec) { s.Name += "-other" })
 	waiter := others[0]
 
@@ -135,12 +129,8 @@ func TestCLI(t *testing.T) {
 	if n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusReady || nodesInCycle(n.Annotations) {
 		t.Errorf("node after release: unschedulable=%v annotations=%v, want back in service", n.Spec.Unschedulable, n.Annotations)
 	}
-	evs, err := c.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: fields.AndSelectors(
-		fields.OneTermEqualSelector("involvedObject.name", target.name),
-		fields.OneTermEqualSelector("reason", "SlotReleasedByHand")).String()})
-	must(t, err)
-	if len(evs.Items) != 1 {
-		t.Errorf("SlotReleasedByHand Events on %s: %d, want 1", target.name, len(evs.Items))
+	if evs := nodeEvents(ctx, t, target.name, "SlotReleasedByHand"); len(evs) != 1 {
+		t.Errorf("SlotReleasedByHand Events on %s: %d, want 1", target.name, len(evs))
 	}
 
 	// Bad targets: one line on stderr, exit 1, nothing changed.

@@ -10,8 +10,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
@@ -64,9 +62,7 @@ func TestMetricsAndMaxHold(t *testing.T) {
 	defer cancel()
 	c := cluster.Client
 	ns := cluster.Namespace(t)
-	target := newNodes(t, ns, 1, nil)[0]
-	must(t, fixtures.CreateGuarded(ctx, c, ns, "web", ns, 2, 2))
-	must(t, fixtures.WaitRunning(ctx, c, ns, "app=web", 2))
+	target := guardedNode(ctx, t, ns)
 	newNodes(t, ns, 1, func(_ int, s *fixtures.NodeSpec) { s.Name += "-spare" })
 	group := harness.Prefix(t)
 
@@ -86,14 +82,12 @@ func TestMetricsAndMaxHold(t *testing.T) {
 
 	// Past --max-hold: one Warning Event, overdue, and the slot still held.
 	harness.Eventually(t, 20*time.Second, "LockHeldTooLong", func() error {
-		evs, err := c.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: fields.AndSelectors(
-			fields.OneTermEqualSelector("involvedObject.name", target.name),
-			fields.OneTermEqualSelector("reason", "LockHeldTooLong")).String()})
-		if err != nil || len(evs.Items) == 0 {
-			return fmt.Errorf("no LockHeldTooLong Event (%v)", err)
+		evs := nodeEvents(ctx, t, target.name, "LockHeldTooLong")
+		if len(evs) == 0 {
+			return fmt.Errorf("no LockHeldTooLong Event")
 		}
-		if evs.Items[0].Count != 1 || !strings.Contains(evs.Items[0].Message, "not released automatically") {
-			return fmt.Errorf("event = %d× %q", evs.Items[0].Count, evs.Items[0].Message)
+		if evs[0].Count != 1 || !strings.Contains(evs[0].Message, "not released automatically") {
+			return fmt.Errorf("event = %d× %q", evs[0].Count, evs[0].Message)
 		}
 		return nil
 	})
@@ -104,12 +98,8 @@ func TestMetricsAndMaxHold(t *testing.T) {
 		t.Fatalf("holders past --max-hold = %v, want the slot kept", h)
 	}
 	time.Sleep(2 * time.Second) // several reconcile passes: still a single Event
-	evs, err := c.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: fields.AndSelectors(
-		fields.OneTermEqualSelector("involvedObject.name", target.name),
-		fields.OneTermEqualSelector("reason", "LockHeldTooLong")).String()})
-	must(t, err)
-	if len(evs.Items) != 1 || evs.Items[0].Count != 1 {
-		t.Errorf("LockHeldTooLong Events after more passes: %d objects, want 1 with count 1", len(evs.Items))
+	if evs := nodeEvents(ctx, t, target.name, "LockHeldTooLong"); len(evs) != 1 || evs[0].Count != 1 {
+		t.Errorf("LockHeldTooLong Events after more passes: %d objects, want 1 with count 1", len(evs))
 	}
 
 	must(t, fixtures.SetMinAvailable(ctx, c, ns, "web", 0))
