@@ -188,12 +188,16 @@ func (d *Drainer) next(ctx context.Context) bool {
 		return false
 	}
 	defer d.queue.Done(name)
-	again, err := d.sync(ctx, name)
+	res, err := d.sync(ctx, name)
 	switch {
 	case err != nil:
 		d.log.Warn("drain pass failed", "node", name, "err", err)
 		d.queue.AddRateLimited(name)
-	case again:
+	case res == progressed:
+		// Pods are leaving: look again soon, and start the backoff afresh.
+		d.queue.Forget(name)
+		d.queue.AddAfter(name, ProgressDelay)
+	case res == stalled:
 		d.queue.AddRateLimited(name)
 	default:
 		d.queue.Forget(name)
@@ -201,35 +205,53 @@ func (d *Drainer) next(ctx context.Context) bool {
 	return true
 }
 
+// ProgressDelay is the pause before the next pass over a node whose last
+// pass evicted something. A pass that evicted nothing (every eviction
+// refused) backs off exponentially from 250 ms to 10 s instead.
+const ProgressDelay = 250 * time.Millisecond
+
+// passResult is what a drain pass leaves to do.
+type passResult int
+
+const (
+	finished   passResult = iota // nothing left, or not ours to drain
+	progressed                   // some pods were evicted; more remain
+	stalled                      // pods remain and none could be evicted
+)
+
 // sync makes one pass over a node: it evicts what can go now and reports
 // whether another pass is needed.
-func (d *Drainer) sync(ctx context.Context, name string) (bool, error) {
+func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 	node, err := d.nodes.Get(name)
 	if apierrors.IsNotFound(err) {
 		d.forget(name)
-		return false, nil
+		return finished, nil
 	}
 	if err != nil {
-		return false, err
+		return finished, err
 	}
 	if node.Annotations[annotations.Status] != annotations.StatusDraining {
 		d.forget(name)
-		return false, nil
+		return finished, nil
 	}
 	log := d.log.With("node", name, "group", node.Annotations[annotations.Group])
 	pending, err := d.Pending(ctx, name)
 	if err != nil {
-		return false, err
+		return finished, err
 	}
 	if pending.Done() {
 		if d.report(name, "drained") {
 			log.Info("node drained")
 			d.nodes.Event(node, corev1.EventTypeNormal, "Drained", "all evictable pods are gone")
 		}
-		return false, d.nodes.SetDrainMessage(ctx, name, "")
+		return finished, d.nodes.SetDrainMessage(ctx, name, "")
 	}
 
-	blocked := d.evict(ctx, log, pending.Pods)
+	blocked, evicted := d.evict(ctx, log, pending.Pods)
+	res := stalled
+	if evicted > 0 {
+		res = progressed
+	}
 	if stuck := d.stuck(name, pending.Pods); len(stuck) > 0 {
 		blocked = append(blocked, fmt.Sprintf("stuck for over %s: %s", d.cfg.PodTimeout, strings.Join(stuck, ", ")))
 		if d.report(name+"/stuck", strings.Join(stuck, ",")) {
@@ -252,15 +274,15 @@ func (d *Drainer) sync(ctx context.Context, name string) (bool, error) {
 		d.nodes.Event(node, corev1.EventTypeWarning, "EvictionBlocked", "%s", strings.Join(blocked, "; "))
 	}
 	if err := d.nodes.SetDrainMessage(ctx, name, msg); err != nil {
-		return true, err
+		return res, err
 	}
-	return true, nil
+	return res, nil
 }
 
 // evict sends one eviction for each pod not yet terminating, the arbiter's
 // own pod only when it is the last, at most Concurrency at once. It returns
-// the refusals, described.
-func (d *Drainer) evict(ctx context.Context, log *slog.Logger, pods []corev1.Pod) []string {
+// the refusals, described, and how many pods were evicted.
+func (d *Drainer) evict(ctx context.Context, log *slog.Logger, pods []corev1.Pod) ([]string, int) {
 	var todo []corev1.Pod
 	for _, p := range pods {
 		if p.DeletionTimestamp == nil {
@@ -275,6 +297,7 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, pods []corev1.Pod
 	var (
 		mu      sync.Mutex
 		blocked []string
+		evicted int
 		wg      sync.WaitGroup
 		sem     = make(chan struct{}, d.cfg.Concurrency)
 	)
@@ -286,6 +309,9 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, pods []corev1.Pod
 			d.cfg.Metrics.evictions.WithLabelValues(Result(err)).Inc()
 			if err == nil || apierrors.IsNotFound(err) {
 				log.Debug("evicted", "pod", p.Namespace+"/"+p.Name)
+				mu.Lock()
+				evicted++
+				mu.Unlock()
 				return
 			}
 			why := Describe(err)
@@ -296,7 +322,7 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, pods []corev1.Pod
 	}
 	wg.Wait()
 	sort.Strings(blocked)
-	return blocked
+	return blocked, evicted
 }
 
 // Evict sends one policy/v1 Eviction for a pod, without client-side
