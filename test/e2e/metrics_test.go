@@ -19,7 +19,7 @@ import (
 // metric returns the value of the sample of name whose labels include
 // labels, read from the arbiter's /metrics: a counter's or gauge's value, a
 // histogram's count. ok is false when there is no such sample.
-func metric(t *testing.T, a *arbiter, name string, labels map[string]string) (v float64, ok bool) {
+func metric(t testing.TB, a *arbiter, name string, labels map[string]string) (v float64, ok bool) {
 	t.Helper()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(strings.NewReader(getBody(t, a.url+"metrics")))
