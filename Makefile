@@ -9,7 +9,7 @@ BIN := bin
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/ ./cmd/...
 
 ## manifests: both workloads rendered into one file for `kubectl apply -f`.
 manifests:

@@ -49,6 +49,20 @@ func IndexByID(obj any) ([]string, error) {
 	return ids, nil
 }
 
+// Slim is the Node informer's transform: it drops what the arbiter never
+// reads (managed fields, the image list, volume lists), which on real
+// nodes is most of the object, before it is cached.
+func Slim(obj any) (any, error) {
+	if n, ok := obj.(*corev1.Node); ok {
+		n.ManagedFields = nil
+		n.Status.Images = nil
+		n.Status.VolumesInUse = nil
+		n.Status.VolumesAttached = nil
+		delete(n.Annotations, corev1.LastAppliedConfigAnnotation)
+	}
+	return obj, nil
+}
+
 // Directory looks Nodes up in the cache and changes them through the API.
 type Directory struct {
 	client   kubernetes.Interface

@@ -155,7 +155,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "reboot-manager"})
 
 	// Nodes: the whole cluster, indexed by Zincati id.
-	nodeFactory := informers.NewSharedInformerFactory(client, 0)
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(nodes.Slim))
 	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
 	if err := nodeInformer.AddIndexers(cache.Indexers{nodes.IDIndex: nodes.IndexByID}); err != nil {
 		return fmt.Errorf("add the Zincati id index: %w", err)

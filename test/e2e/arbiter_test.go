@@ -27,7 +27,8 @@ var (
 	binaries = map[string]string{}
 )
 
-// binary builds ./cmd/<name> once per test run and returns its path.
+// binary builds ./cmd/<name> once per test run, as the images do, and
+// returns its path.
 func binary(t testing.TB, name string) string {
 	t.Helper()
 	buildMu.Lock()
@@ -40,7 +41,9 @@ func binary(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", path, "./cmd/"+name)
+	// Built as the images build it (Dockerfile.*): static, trimmed paths.
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", path, "./cmd/"+name)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Dir = cluster.Root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, out)
@@ -51,6 +54,7 @@ func binary(t testing.TB, name string) string {
 
 // arbiter is a running arbiter process.
 type arbiter struct {
+	pid    int
 	url    string
 	client *fleetlock.Client
 	ns     string
@@ -100,7 +104,7 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 			t.Logf("arbiter log:\n%s", out)
 		}
 	})
-	a := &arbiter{url: "http://" + addr + "/", ns: ns, stop: stop}
+	a := &arbiter{pid: cmd.Process.Pid, url: "http://" + addr + "/", ns: ns, stop: stop}
 	a.client = &fleetlock.Client{BaseURL: a.url}
 	harness.Eventually(t, 30*time.Second, "arbiter ready", func() error {
 		return getOK(a.url + "readyz")
