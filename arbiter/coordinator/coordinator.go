@@ -34,7 +34,7 @@ type Nodes interface {
 
 // Lock is the group semaphore.
 type Lock interface {
-	Acquire(ctx context.Context, group string, h lock.Holder, slots int) (lock.Result, error)
+	Acquire(ctx context.Context, group string, h lock.Holder, lim lock.Limits) (lock.Result, error)
 	Release(ctx context.Context, group, id string) (bool, error)
 	Holds(group, id string) bool
 	Cached(group string) []lock.Holder
@@ -49,6 +49,20 @@ type Drainer interface {
 // Settings gives each group's settings.
 type Settings interface {
 	For(group string) groups.Settings
+}
+
+// Gate admits or turns away a new slot holder: pauses, windows, blockers.
+type Gate interface {
+	Check(ctx context.Context, group string, s groups.Settings, node string) error
+}
+
+// Deps are what the coordinator orchestrates.
+type Deps struct {
+	Nodes    Nodes
+	Lock     Lock
+	Drainer  Drainer
+	Settings Settings
+	Gate     Gate
 }
 
 // Config tunes the decisions.
@@ -74,6 +88,7 @@ type Coordinator struct {
 	lock     Lock
 	drainer  Drainer
 	settings Settings
+	gate     Gate
 	cfg      Config
 	log      *slog.Logger
 	now      func() time.Time
@@ -83,7 +98,7 @@ type Coordinator struct {
 
 // New returns a Coordinator that reports to m; nil m means unregistered
 // metrics.
-func New(n Nodes, l Lock, d Drainer, s Settings, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
+func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
@@ -93,7 +108,8 @@ func New(n Nodes, l Lock, d Drainer, s Settings, cfg Config, m *Metrics, log *sl
 	if cfg.Recheck <= 0 {
 		cfg.Recheck = 30 * time.Second
 	}
-	return &Coordinator{nodes: n, lock: l, drainer: d, settings: s, cfg: cfg, log: log, now: time.Now, metrics: m, queue: newWaitQueue()}
+	return &Coordinator{nodes: deps.Nodes, lock: deps.Lock, drainer: deps.Drainer, settings: deps.Settings, gate: deps.Gate,
+		cfg: cfg, log: log, now: time.Now, metrics: m, queue: newWaitQueue()}
 }
 
 // PreReboot answers a pre-reboot: nil means the node may reboot now. It
@@ -145,10 +161,15 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	return c.awaitDrain(ctx, log, p, node, deadline)
 }
 
-// takeSlot takes or confirms the caller's slot. Without a deadline it asks
-// once; with one it queues behind earlier waiters and asks again whenever
-// Wake says a slot may be free, until the deadline.
+// takeSlot takes or confirms the caller's slot. A new holder must first
+// pass the gate (pause, windows, blockers), then the semaphore (slots, the
+// minimum gap). Without a deadline it asks once; with one it queues behind
+// earlier waiters and asks again whenever Wake says a slot may be free or
+// the gap has passed, until the deadline. A gate refusal is answered at once.
 func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder, deadline <-chan time.Time) error {
+	// A holder asking again, or a node mid-cycle, is never turned away by
+	// the gate: it would strand a drain.
+	returning := c.lock.Holds(p.Group, p.ID) || (node != nil && nodes.InCycle(node))
 	try := true
 	var w *waiter
 	if deadline != nil {
@@ -158,19 +179,33 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			c.queue.leave(p.Group, w)
 			c.Wake(p.Group) // pass on a wake-up this waiter may have used
 		}()
-		// Behind others, ask only when woken, unless the caller already
-		// holds a slot or is mid-cycle (a recursive ask).
-		try = first || c.lock.Holds(p.Group, p.ID) || (node != nil && nodes.InCycle(node))
+		// Behind others, ask only when woken, unless returning.
+		try = first || returning
 	}
 	recheck := time.NewTicker(c.cfg.Recheck)
 	defer recheck.Stop()
-	waitingNoted := false
+	var gap *time.Timer
+	defer func() {
+		if gap != nil {
+			gap.Stop()
+		}
+	}()
+	noted := ""
 	for {
-		slots := c.settings.For(p.Group).Slots
+		s := c.settings.For(p.Group)
 		var res lock.Result
 		if try {
+			if !returning {
+				if err := c.gate.Check(ctx, p.Group, s, h.Node); err != nil {
+					if fleetlock.KindOf(err) == fleetlock.KindInternal {
+						return failure(log, "check the group's pacing controls", err)
+					}
+					c.noteWaiting(ctx, log, p.Group, node, reason(err), &noted)
+					return err
+				}
+			}
 			var err error
-			res, err = c.lock.Acquire(ctx, p.Group, h, slots)
+			res, err = c.lock.Acquire(ctx, p.Group, h, lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration})
 			if err != nil {
 				if ctx.Err() != nil {
 					return interrupted(ctx, log)
@@ -179,38 +214,69 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			}
 			if res.Granted {
 				if res.Changed {
-					log.Info("slot taken", "slots", slots)
+					log.Info("slot taken", "slots", s.Slots)
 				}
 				return nil
 			}
 		} else {
 			res.Holders = c.lock.Cached(p.Group)
 		}
-		if !waitingNoted {
-			waitingNoted = true
-			log.Info("group full", "slots", slots, "holders", len(res.Holders), "waiters", c.queue.size(p.Group))
-			if node != nil {
-				reason := fmt.Sprintf("group %q is full: %d of %d slots held by %s", p.Group, len(res.Holders), slots, names(res.Holders))
-				if err := c.nodes.SetWaiting(ctx, node.Name, reason); err != nil {
-					log.Warn("recording why the node waits failed", "err", err)
-				}
+		var denial error
+		var gapOver <-chan time.Time
+		if res.GapLeft > 0 {
+			denial = fleetlock.Errorf(fleetlock.KindMinGap, "group %q grants a slot at most every %s; the next in %s",
+				p.Group, s.MinGap.Duration, res.GapLeft.Round(time.Second))
+			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q waits out its minimum gap of %s", p.Group, s.MinGap.Duration), &noted)
+			if gap != nil {
+				gap.Stop()
 			}
+			gap = time.NewTimer(res.GapLeft)
+			gapOver = gap.C
+		} else {
+			denial = fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s",
+				p.Group, len(res.Holders), s.Slots, c.describe(res.Holders))
+			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q is full: %d of %d slots held by %s",
+				p.Group, len(res.Holders), s.Slots, names(res.Holders)), &noted)
 		}
-		full := fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s",
-			p.Group, len(res.Holders), slots, c.describe(res.Holders))
 		if deadline == nil {
-			return full
+			return denial
 		}
 		select {
 		case <-w.wake:
+		case <-gapOver:
 		case <-recheck.C:
 		case <-deadline:
-			return full
+			return denial
 		case <-ctx.Done():
 			return interrupted(ctx, log)
 		}
 		try = true
 	}
+}
+
+// noteWaiting logs why a node is turned away and records it on the node,
+// once per distinct reason.
+func (c *Coordinator) noteWaiting(ctx context.Context, log *slog.Logger, group string, node *corev1.Node, reason string, noted *string) {
+	if *noted == reason {
+		return
+	}
+	*noted = reason
+	log.Info("turned away before a slot", "reason", reason, "waiters", c.queue.size(group))
+	if node == nil {
+		return
+	}
+	if err := c.nodes.SetWaiting(ctx, node.Name, reason); err != nil {
+		log.Warn("recording why the node waits failed", "err", err)
+	}
+}
+
+// reason is the value of a FleetLock error, for the node's waiting mark.
+func reason(err error) string {
+	var fe *fleetlock.Error
+	if errors.As(err, &fe) {
+		return fe.Value
+	}
+	return err.Error()
 }
 
 // awaitDrain approves the reboot once the node is empty. Without a deadline

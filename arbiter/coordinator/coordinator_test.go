@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,6 +28,7 @@ type fake struct {
 	releaseErr error
 	pending    drain.Pending
 	finishErr  error
+	gateErr    error
 }
 
 func (f *fake) call(s string) { f.calls = append(f.calls, s) }
@@ -42,7 +44,7 @@ func (f *fake) SetWaiting(_ context.Context, _, reason string) error {
 	return nil
 }
 func (f *fake) Finish(context.Context, string) error { f.call("Finish"); return f.finishErr }
-func (f *fake) Acquire(context.Context, string, lock.Holder, int) (lock.Result, error) {
+func (f *fake) Acquire(context.Context, string, lock.Holder, lock.Limits) (lock.Result, error) {
 	f.call("Acquire")
 	return f.acquire, f.acquireErr
 }
@@ -58,6 +60,10 @@ func (f *fake) Pending(context.Context, string) (drain.Pending, error) {
 }
 func (f *fake) Enqueue(string)             { f.call("Enqueue") }
 func (f *fake) For(string) groups.Settings { return groups.Settings{Slots: 1} }
+func (f *fake) Check(context.Context, string, groups.Settings, string) error {
+	f.call("Check")
+	return f.gateErr
+}
 func node(status string) *corev1.Node {
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{}}}
 	if status != "" {
@@ -83,22 +89,30 @@ func TestPreReboot(t *testing.T) {
 		wantCalls string
 	}{
 		{"unknown node", fake{}, false, fleetlock.KindUnknownNode, "deploy the reboot-manager agent", ""},
-		{"unknown node allowed: semaphore only", fake{acquire: granted}, true, "", "", "Acquire"},
+		{"unknown node allowed: semaphore only", fake{acquire: granted}, true, "", "", "Check Acquire"},
 		{"group full", fake{node: node(""), acquire: lock.Result{Holders: []lock.Holder{{ID: "x", Node: "n9"}}}}, false,
-			fleetlock.KindLockHeld, "n9", `Acquire SetWaiting(group "g" is full: 1 of 1 slots held by n9)`},
-		{"lock contention fails closed", fake{node: node(""), acquireErr: lock.ErrContention}, false, fleetlock.KindUnavailable, "", "Acquire"},
-		{"lock error", fake{node: node(""), acquireErr: errors.New("boom")}, false, fleetlock.KindInternal, "boom", "Acquire"},
+			fleetlock.KindLockHeld, "n9", `Check Acquire SetWaiting(group "g" is full: 1 of 1 slots held by n9)`},
+		{"minimum gap", fake{node: node(""), acquire: lock.Result{GapLeft: time.Minute}}, false,
+			fleetlock.KindMinGap, "next in 1m0s", `Check Acquire SetWaiting(group "g" waits out its minimum gap of 0s)`},
+		{"gate refuses: no slot taken", fake{node: node(""), gateErr: fleetlock.Errorf(fleetlock.KindPaused, "paused")}, false,
+			fleetlock.KindPaused, "paused", "Check SetWaiting(paused)"},
+		{"gate cannot list pods: fails closed", fake{node: node(""), gateErr: errors.New("apiserver down")}, false,
+			fleetlock.KindInternal, "apiserver down", "Check"},
+		{"gate skipped for a node mid-cycle", fake{node: node(annotations.StatusDraining), acquire: granted, gateErr: errors.New("x")}, false,
+			"", "", "Acquire StartDrain Pending MarkRebooting"},
+		{"lock contention fails closed", fake{node: node(""), acquireErr: lock.ErrContention}, false, fleetlock.KindUnavailable, "", "Check Acquire"},
+		{"lock error", fake{node: node(""), acquireErr: errors.New("boom")}, false, fleetlock.KindInternal, "boom", "Check Acquire"},
 		{"pods remain", fake{node: node(""), acquire: granted, pending: drain.Pending{Pods: []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p"}}}}},
-			false, fleetlock.KindDrainInProgress, "1 pods remain: a/p", "Acquire StartDrain Pending Enqueue"},
+			false, fleetlock.KindDrainInProgress, "1 pods remain: a/p", "Check Acquire StartDrain Pending Enqueue"},
 		{"unevictable pod blocks", fake{node: node(""), acquire: granted, pending: drain.Pending{Problems: []string{"no controller: a/p"}}},
-			false, fleetlock.KindDrainInProgress, "no controller", "Acquire StartDrain Pending Enqueue"},
-		{"drained", fake{node: node(""), acquire: granted}, false, "", "", "Acquire StartDrain Pending MarkRebooting"},
+			false, fleetlock.KindDrainInProgress, "no controller", "Check Acquire StartDrain Pending Enqueue"},
+		{"drained", fake{node: node(""), acquire: granted}, false, "", "", "Check Acquire StartDrain Pending MarkRebooting"},
 		{"already approved", fake{node: node(annotations.StatusRebooting), acquire: lock.Result{Granted: true}}, false, "", "", "Acquire"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(&f, &f, &f, &f, Config{AllowUnknownNodes: tt.allow}, nil, slog.New(slog.DiscardHandler))
+			c := New(Deps{&f, &f, &f, &f, &f}, Config{AllowUnknownNodes: tt.allow}, nil, slog.New(slog.DiscardHandler))
 			err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if tt.wantKind == "" && err != nil {
 				t.Fatalf("PreReboot = %v, want approval", err)
@@ -132,7 +146,7 @@ func TestSteadyState(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(&f, &f, &f, &f, Config{}, nil, slog.New(slog.DiscardHandler))
+			c := New(Deps{&f, &f, &f, &f, &f}, Config{}, nil, slog.New(slog.DiscardHandler))
 			err := c.SteadyState(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if (tt.wantKind == "") != (err == nil) || (err != nil && !fleetlock.IsKind(err, tt.wantKind)) {
 				t.Fatalf("SteadyState = %v, want kind %q", err, tt.wantKind)

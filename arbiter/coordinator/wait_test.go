@@ -25,7 +25,8 @@ type memLock struct {
 	onChange func()
 }
 
-func (m *memLock) Acquire(_ context.Context, _ string, h lock.Holder, slots int) (lock.Result, error) {
+func (m *memLock) Acquire(_ context.Context, _ string, h lock.Holder, lim lock.Limits) (lock.Result, error) {
+	slots := lim.Slots
 	m.mu.Lock()
 	if slices.ContainsFunc(m.holders, func(x lock.Holder) bool { return x.ID == h.ID }) {
 		defer m.mu.Unlock()
@@ -77,11 +78,14 @@ func (noNodes) Enqueue(string)                                         {}
 type oneSlot struct{}
 
 func (oneSlot) For(string) groups.Settings { return groups.Settings{Slots: 1} }
+func (oneSlot) Check(context.Context, string, groups.Settings, string) error {
+	return nil
+}
 
 func newWaiting(t *testing.T, maxWait time.Duration) (*Coordinator, *memLock) {
 	t.Helper()
 	m := &memLock{}
-	c := New(noNodes{}, m, noNodes{}, oneSlot{}, Config{AllowUnknownNodes: true, MaxWait: maxWait, Recheck: time.Hour}, nil,
+	c := New(Deps{noNodes{}, m, noNodes{}, oneSlot{}, oneSlot{}}, Config{AllowUnknownNodes: true, MaxWait: maxWait, Recheck: time.Hour}, nil,
 		slog.New(slog.DiscardHandler))
 	m.onChange = func() { c.Wake("g") }
 	return c, m
@@ -270,7 +274,7 @@ func TestDrainWait(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := &drainingNode{emptyAt: tt.emptyAt}
 			m := &memLock{onChange: func() {}}
-			c := New(d, m, d, oneSlot{}, Config{MaxWait: tt.maxWait, DrainPoll: 5 * time.Millisecond}, nil, slog.New(slog.DiscardHandler))
+			c := New(Deps{d, m, d, oneSlot{}, oneSlot{}}, Config{MaxWait: tt.maxWait, DrainPoll: 5 * time.Millisecond}, nil, slog.New(slog.DiscardHandler))
 			err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if tt.wantKind == "" && err != nil || tt.wantKind != "" && !fleetlock.IsKind(err, tt.wantKind) {
 				t.Fatalf("PreReboot = %v, want %q", err, tt.wantKind)

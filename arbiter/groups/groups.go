@@ -1,13 +1,20 @@
-// Package groups holds the per-group reboot settings (slots for now) read
-// from a watched ConfigMap, so a change takes effect on the next request
-// without a restart.
+// Package groups holds the per-group reboot settings (slots, pause,
+// maintenance windows, a minimum gap, blockers) read from a watched
+// ConfigMap, so a change takes effect on the next request without a
+// restart.
 package groups
 
 import (
+	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 )
 
@@ -18,16 +25,65 @@ const ConfigKey = "config.yaml"
 type Settings struct {
 	// Slots is how many nodes of the group may reboot at once.
 	Slots int `json:"slots"`
+	// Paused stops new slots from being granted; holders finish.
+	Paused bool `json:"paused,omitempty"`
+	// Windows, when any, are the only times a slot may be granted.
+	Windows []Window `json:"windows,omitempty"`
+	// MinGap is the least time between two slot grants in the group.
+	MinGap metav1.Duration `json:"minGap,omitempty"`
+	// Blockers are pod conditions that hold back any new slot.
+	Blockers []Blocker `json:"blockers,omitempty"`
+
+	windows []window // Windows, parsed by Parse
 }
+
+// Window is a weekly maintenance window. An End at or before Start crosses
+// midnight into the next day; Days name the day the window opens.
+type Window struct {
+	// Days are the days the window opens: Mon, Tue, Wed, Thu, Fri, Sat, Sun.
+	// Empty means every day.
+	Days []string `json:"days,omitempty"`
+	// Start and End are times of day, "HH:MM".
+	Start string `json:"start"`
+	End   string `json:"end"`
+	// TimeZone is an IANA zone such as Europe/Berlin; empty means UTC.
+	TimeZone string `json:"timeZone,omitempty"`
+}
+
+// Blocker holds back new slots while pods matching Selector are in the way.
+type Blocker struct {
+	// Namespace limits the pods; empty means every namespace.
+	Namespace string `json:"namespace,omitempty"`
+	// Selector is a label selector, such as "app=ceph-osd".
+	Selector string `json:"selector"`
+	// Scope is "cluster" (the default): blocked while any matching pod is
+	// not Ready; or "node": blocked while a matching pod is on the node that
+	// asks.
+	Scope string `json:"scope,omitempty"`
+}
+
+// Blocker scopes.
+const (
+	ScopeCluster = "cluster"
+	ScopeNode    = "node"
+)
 
 // Config is the whole document under ConfigKey:
 //
+//	paused: false            # true pauses every group
 //	defaults:
 //	  slots: 1
 //	groups:
 //	  workers:
 //	    slots: 2
+//	    windows: [{days: [Sat, Sun], start: "02:00", end: "06:00", timeZone: Europe/Berlin}]
+//	    minGap: 10m
+//	    blockers: [{namespace: rook-ceph, selector: app=rook-ceph-osd}]
+//
+// A group's settings are the defaults with the group's own fields laid
+// over them.
 type Config struct {
+	Paused   bool                `json:"paused,omitempty"`
 	Defaults Settings            `json:"defaults"`
 	Groups   map[string]Settings `json:"groups"`
 }
@@ -43,27 +99,164 @@ func Parse(cm *corev1.ConfigMap) (Config, error) {
 	if !ok {
 		return Default(), nil
 	}
+	var doc struct {
+		Paused   bool                       `json:"paused"`
+		Defaults json.RawMessage            `json:"defaults"`
+		Groups   map[string]json.RawMessage `json:"groups"`
+	}
+	where := fmt.Sprintf("%s/%s key %s", cm.Namespace, cm.Name, ConfigKey)
+	if err := yaml.UnmarshalStrict([]byte(raw), &doc); err != nil {
+		return Config{}, fmt.Errorf("parse %s: %w", where, err)
+	}
 	cfg := Default()
-	if err := yaml.UnmarshalStrict([]byte(raw), &cfg); err != nil {
-		return Config{}, fmt.Errorf("parse %s/%s key %s: %w", cm.Namespace, cm.Name, ConfigKey, err)
+	cfg.Paused = doc.Paused
+	if err := overlay(&cfg.Defaults, doc.Defaults); err != nil {
+		return Config{}, fmt.Errorf("parse %s: defaults: %w", where, err)
 	}
-	if cfg.Defaults.Slots < 0 {
-		return Config{}, fmt.Errorf("parse %s/%s: defaults.slots is %d, want 0 or more", cm.Namespace, cm.Name, cfg.Defaults.Slots)
-	}
-	for g, s := range cfg.Groups {
-		if s.Slots < 0 {
-			return Config{}, fmt.Errorf("parse %s/%s: groups.%s.slots is %d, want 0 or more", cm.Namespace, cm.Name, g, s.Slots)
+	cfg.Groups = make(map[string]Settings, len(doc.Groups))
+	for name, rawGroup := range doc.Groups {
+		s := cfg.Defaults.clone()
+		if err := overlay(&s, rawGroup); err != nil {
+			return Config{}, fmt.Errorf("parse %s: groups.%s: %w", where, name, err)
 		}
+		cfg.Groups[name] = s
 	}
 	return cfg, nil
 }
 
+// overlay decodes raw over s, strictly, and validates the result.
+func overlay(s *Settings, raw json.RawMessage) error {
+	if len(raw) > 0 && string(raw) != "null" {
+		if err := yaml.UnmarshalStrict(raw, s); err != nil {
+			return err
+		}
+	}
+	return s.prepare()
+}
+
+func (s Settings) clone() Settings {
+	s.Windows = slices.Clone(s.Windows)
+	s.windows = slices.Clone(s.windows)
+	s.Blockers = slices.Clone(s.Blockers)
+	return s
+}
+
+// prepare validates s and parses its windows.
+func (s *Settings) prepare() error {
+	if s.Slots < 0 {
+		return fmt.Errorf("slots is %d, want 0 or more", s.Slots)
+	}
+	if s.MinGap.Duration < 0 {
+		return fmt.Errorf("minGap is %s, want 0 or more", s.MinGap.Duration)
+	}
+	s.windows = make([]window, len(s.Windows))
+	for i, w := range s.Windows {
+		p, err := w.parse()
+		if err != nil {
+			return fmt.Errorf("windows[%d]: %w", i, err)
+		}
+		s.windows[i] = p
+	}
+	for i, b := range s.Blockers {
+		if _, err := labels.Parse(b.Selector); err != nil || b.Selector == "" {
+			return fmt.Errorf("blockers[%d]: selector %q is not a label selector", i, b.Selector)
+		}
+		if b.Scope != "" && b.Scope != ScopeCluster && b.Scope != ScopeNode {
+			return fmt.Errorf("blockers[%d]: scope %q, want %s or %s", i, b.Scope, ScopeCluster, ScopeNode)
+		}
+	}
+	return nil
+}
+
 // For returns a group's settings.
 func (c Config) For(group string) Settings {
-	if s, ok := c.Groups[group]; ok {
-		return s
+	s, ok := c.Groups[group]
+	if !ok {
+		s = c.Defaults
 	}
-	return c.Defaults
+	if c.Paused {
+		s.Paused = true
+	}
+	return s
+}
+
+var weekdays = map[string]time.Weekday{
+	"sun": time.Sunday, "mon": time.Monday, "tue": time.Tuesday, "wed": time.Wednesday,
+	"thu": time.Thursday, "fri": time.Friday, "sat": time.Saturday,
+}
+
+// window is a Window, parsed.
+type window struct {
+	days       map[time.Weekday]bool // nil: every day
+	start, end int                   // minutes after midnight
+	loc        *time.Location
+}
+
+func (w Window) parse() (window, error) {
+	var p window
+	var err error
+	if p.start, err = clock(w.Start); err != nil {
+		return p, fmt.Errorf("start: %w", err)
+	}
+	if p.end, err = clock(w.End); err != nil {
+		return p, fmt.Errorf("end: %w", err)
+	}
+	if p.loc, err = time.LoadLocation(w.TimeZone); err != nil {
+		return p, fmt.Errorf("timeZone %q: %w", w.TimeZone, err)
+	}
+	if len(w.Days) > 0 {
+		p.days = map[time.Weekday]bool{}
+		for _, d := range w.Days {
+			wd, ok := weekdays[strings.ToLower(d)]
+			if !ok || len(d) != 3 {
+				return p, fmt.Errorf("day %q, want Mon, Tue, Wed, Thu, Fri, Sat or Sun", d)
+			}
+			p.days[wd] = true
+		}
+	}
+	return p, nil
+}
+
+func clock(s string) (int, error) {
+	t, err := time.Parse("15:04", s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not HH:MM", s)
+	}
+	return t.Hour()*60 + t.Minute(), nil
+}
+
+// Open reports whether the windows allow a grant at t: true when there are
+// no windows.
+func (s Settings) Open(t time.Time) bool {
+	if len(s.Windows) == 0 {
+		return true
+	}
+	parsed := s.windows
+	if len(parsed) != len(s.Windows) { // built by hand, not by Parse
+		parsed = nil
+		for _, w := range s.Windows {
+			if p, err := w.parse(); err == nil {
+				parsed = append(parsed, p)
+			}
+		}
+	}
+	for _, p := range parsed {
+		if p.open(t) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p window) open(t time.Time) bool {
+	local := t.In(p.loc)
+	now := local.Hour()*60 + local.Minute()
+	day := func(d time.Weekday) bool { return p.days == nil || p.days[d] }
+	if p.start < p.end {
+		return day(local.Weekday()) && now >= p.start && now < p.end
+	}
+	// Crossing midnight (or a whole day when start == end).
+	return (day(local.Weekday()) && now >= p.start) || (day(local.AddDate(0, 0, -1).Weekday()) && now < p.end)
 }
 
 // Store is the current configuration, safe for concurrent use. Feed it from

@@ -2,6 +2,7 @@ package groups
 
 import (
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -42,5 +43,85 @@ func TestStore(t *testing.T) {
 				t.Errorf("For(%q).Slots = %d, want %d", tt.group, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestParsePacing(t *testing.T) {
+	doc := `
+paused: false
+defaults:
+  slots: 1
+  minGap: 10m
+  windows: [{days: [Sat, Sun], start: "22:00", end: "04:00", timeZone: Europe/Berlin}]
+groups:
+  workers: {slots: 3}
+  db: {paused: true, windows: []}
+  ceph: {blockers: [{namespace: rook-ceph, selector: "app=osd"}, {selector: "app=etcd", scope: node}]}
+`
+	cfg, err := Parse(&corev1.ConfigMap{Data: map[string]string{ConfigKey: doc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := cfg.For("workers")
+	if w.Slots != 3 || w.MinGap.Duration != 10*time.Minute || len(w.Windows) != 1 {
+		t.Errorf("workers = %+v, want 3 slots over the defaults' gap and window", w)
+	}
+	if db := cfg.For("db"); !db.Paused || len(db.Windows) != 0 || db.Slots != 1 {
+		t.Errorf("db = %+v, want paused, no windows, the default slot", db)
+	}
+	if c := cfg.For("ceph"); len(c.Blockers) != 2 || len(cfg.Defaults.Blockers) != 0 {
+		t.Errorf("ceph blockers = %+v, defaults = %+v", c.Blockers, cfg.Defaults.Blockers)
+	}
+	cfg.Paused = true
+	if !cfg.For("anything").Paused {
+		t.Error("fleet-wide pause does not pause a group")
+	}
+
+	berlin, _ := time.LoadLocation("Europe/Berlin")
+	at := func(day, clock string) time.Time {
+		tm, err := time.ParseInLocation("2006-01-02 15:04", day+" "+clock, berlin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm.UTC()
+	}
+	// 2026-11-28 is a Saturday.
+	for _, tt := range []struct {
+		when time.Time
+		open bool
+	}{
+		{at("2026-11-28", "21:59"), false},
+		{at("2026-11-28", "22:00"), true},
+		{at("2026-11-29", "03:59"), true}, // Saturday's window, after midnight
+		{at("2026-11-29", "04:00"), false},
+		{at("2026-11-29", "23:00"), true}, // Sunday's own window
+		{at("2026-11-30", "01:00"), true}, // Sunday's window into Monday
+		{at("2026-11-30", "23:00"), false},
+		{at("2026-11-28", "23:30").Add(-time.Hour), true},
+	} {
+		if got := w.Open(tt.when); got != tt.open {
+			t.Errorf("Open(%s Berlin) = %v, want %v", tt.when.In(berlin).Format("Mon 15:04"), got, tt.open)
+		}
+	}
+	if !cfg.For("db").Open(at("2026-11-30", "12:00")) {
+		t.Error("no windows must mean always open")
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	for _, doc := range []string{
+		`defaults: {windows: [{start: "25:00", end: "04:00"}]}`,
+		`defaults: {windows: [{start: "01:00", end: "04:00", days: [Monday]}]}`,
+		`defaults: {windows: [{start: "01:00", end: "04:00", timeZone: Mars/Olympus}]}`,
+		`groups: {g: {minGap: -1m}}`,
+		`groups: {g: {minGap: soon}}`,
+		`groups: {g: {blockers: [{selector: "a in ("}]}}`,
+		`groups: {g: {blockers: [{selector: "a=b", scope: rack}]}}`,
+		`groups: {g: {slots: -2}}`,
+		`pause: true`,
+	} {
+		if _, err := Parse(&corev1.ConfigMap{Data: map[string]string{ConfigKey: doc}}); err == nil {
+			t.Errorf("Parse(%s) accepted it", doc)
+		}
 	}
 }

@@ -53,6 +53,17 @@ type Result struct {
 	Changed bool
 	// Holders are the group's holders after the call.
 	Holders []Holder
+	// GapLeft, on a denial with a slot free, is how long the group's
+	// minimum gap still forbids a grant.
+	GapLeft time.Duration
+}
+
+// Limits bound the grants in a group.
+type Limits struct {
+	// Slots is how many holders the group may have.
+	Slots int
+	// MinGap is the least time between two grants.
+	MinGap time.Duration
 }
 
 // Semaphore is the set of group semaphores in one namespace.
@@ -73,22 +84,29 @@ func New(client coordinationclient.LeasesGetter, lister coordinationlisters.Leas
 
 // Acquire takes a slot in group for h, or confirms that h.ID already holds
 // one (the lock is recursive: asking again changes nothing). It is denied,
-// without error, when the group already has slots holders; holders beyond a
-// lowered slot count keep their slots until they release them. The decision
-// is always made on a fresh read from the API server.
-func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, slots int) (Result, error) {
+// without error, when the group already has lim.Slots holders, or when the
+// last grant is more recent than lim.MinGap; holders beyond a lowered slot
+// count keep their slots until they release them. The decision is always
+// made on a fresh read from the API server, and the grant time is written
+// in the same compare-and-swap, so replicas agree on the gap.
+func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Limits) (Result, error) {
 	var res Result
-	err := s.update(ctx, group, func(holders []Holder) ([]Holder, bool) {
+	err := s.update(ctx, group, func(holders []Holder, lastGrant time.Time) ([]Holder, bool) {
 		if i := index(holders, h.ID); i >= 0 {
 			res = Result{Granted: true, Holders: holders}
 			return nil, false
 		}
-		if len(holders) >= slots {
+		if len(holders) >= lim.Slots {
 			res = Result{Holders: holders}
 			return nil, false
 		}
+		now := s.now()
+		if left := lastGrant.Add(lim.MinGap).Sub(now); lim.MinGap > 0 && left > 0 {
+			res = Result{Holders: holders, GapLeft: left}
+			return nil, false
+		}
 		if h.Since.IsZero() {
-			h.Since = s.now().UTC().Truncate(time.Second)
+			h.Since = now.UTC().Truncate(time.Second)
 		}
 		res = Result{Granted: true, Changed: true, Holders: append(slices.Clone(holders), h)}
 		return res.Holders, true
@@ -102,7 +120,7 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, slots i
 // Release frees id's slot in group. It reports whether id held one.
 func (s *Semaphore) Release(ctx context.Context, group, id string) (bool, error) {
 	released := false
-	err := s.update(ctx, group, func(holders []Holder) ([]Holder, bool) {
+	err := s.update(ctx, group, func(holders []Holder, _ time.Time) ([]Holder, bool) {
 		i := index(holders, id)
 		if i < 0 {
 			released = false
@@ -186,16 +204,17 @@ func Decode(l *coordinationv1.Lease) ([]Holder, error) {
 	return holders, nil
 }
 
-// update runs change on the group's current holders and writes the result
-// conditionally on the resourceVersion it read, retrying on conflicts.
-// change returns the new holders and whether to write them.
-func (s *Semaphore) update(ctx context.Context, group string, change func([]Holder) ([]Holder, bool)) error {
+// update runs change on the group's current holders and last grant time,
+// and writes the result conditionally on the resourceVersion it read,
+// retrying on conflicts. change returns the new holders and whether to
+// write them; a write that adds a holder records the grant time.
+func (s *Semaphore) update(ctx context.Context, group string, change func([]Holder, time.Time) ([]Holder, bool)) error {
 	leases := s.client.Leases(s.namespace)
 	name := ObjectName(group)
 	for range MaxAttempts {
 		l, err := leases.Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			next, write := change(nil)
+			next, write := change(nil, time.Time{})
 			if !write {
 				return nil
 			}
@@ -205,7 +224,7 @@ func (s *Semaphore) update(ctx context.Context, group string, change func([]Hold
 				Labels:      map[string]string{Label: "true", "app.kubernetes.io/managed-by": "reboot-manager"},
 				Annotations: map[string]string{annotations.LockGroup: group},
 			}}
-			if err := encode(l, next); err != nil {
+			if err := s.encode(l, nil, next); err != nil {
 				return err
 			}
 			_, err = leases.Create(ctx, l, metav1.CreateOptions{})
@@ -227,11 +246,12 @@ func (s *Semaphore) update(ctx context.Context, group string, change func([]Hold
 		if err != nil {
 			return err
 		}
-		next, write := change(holders)
+		lastGrant, _ := time.Parse(time.RFC3339Nano, l.Annotations[annotations.LockLastGrant])
+		next, write := change(holders, lastGrant)
 		if !write {
 			return nil
 		}
-		if err := encode(l, next); err != nil {
+		if err := s.encode(l, holders, next); err != nil {
 			return err
 		}
 		_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
@@ -246,9 +266,10 @@ func (s *Semaphore) update(ctx context.Context, group string, change func([]Hold
 	return ErrContention
 }
 
-// encode writes holders into the lock object. spec.holderIdentity carries
-// the holders' node names too, so `kubectl get leases` shows them.
-func encode(l *coordinationv1.Lease, holders []Holder) error {
+// encode writes holders into the lock object, and the time of the grant
+// when it adds a holder to before. spec.holderIdentity carries the
+// holders' node names too, so `kubectl get leases` shows them.
+func (s *Semaphore) encode(l *coordinationv1.Lease, before, holders []Holder) error {
 	raw, err := json.Marshal(holders)
 	if err != nil {
 		return fmt.Errorf("encode holders: %w", err)
@@ -257,6 +278,9 @@ func encode(l *coordinationv1.Lease, holders []Holder) error {
 		l.Annotations = map[string]string{}
 	}
 	l.Annotations[annotations.LockHolders] = string(raw)
+	if len(holders) > len(before) {
+		l.Annotations[annotations.LockLastGrant] = s.now().UTC().Format(time.RFC3339Nano)
+	}
 	names := make([]string, len(holders))
 	for i, h := range holders {
 		names[i] = h.Node

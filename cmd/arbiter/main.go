@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	_ "time/tzdata" // maintenance windows name time zones; the image has no zoneinfo
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -36,6 +37,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter"
 	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
+	"github.com/rebootmanager/reboot-manager/arbiter/gate"
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
@@ -198,8 +200,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
 		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
 	}, log)
-	decider = coordinator.New(directory, semaphore, drainer, settings,
-		coordinator.Config{AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait}, coordinator.NewMetrics(registry), log)
+	decider = coordinator.New(coordinator.Deps{
+		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
+	}, coordinator.Config{AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait}, coordinator.NewMetrics(registry), log)
 
 	// Waiting pre-reboots are woken by changes to the lock objects and to
 	// the slots.

@@ -43,6 +43,9 @@ const (
 	LockGroup = "rebootmanager/group"
 	// LockHolders holds the JSON list of slot holders.
 	LockHolders = "rebootmanager/holders"
+	// LockLastGrant is when a slot was last granted (RFC 3339 with
+	// nanoseconds), for the group's minimum gap.
+	LockLastGrant = "rebootmanager/last-grant"
 )
 
 // CordonOwner is the value of CordonedBy.

@@ -54,6 +54,10 @@ const (
 	KindLockHeld         Kind = "lock_held"
 	KindDrainInProgress  Kind = "drain_in_progress"
 	KindUnknownNode      Kind = "unknown_node"
+	KindPaused           Kind = "paused"
+	KindOutsideWindow    Kind = "outside_window"
+	KindBlocked          Kind = "blocked"
+	KindMinGap           Kind = "min_gap"
 	KindInternal         Kind = "internal"
 	KindUnavailable      Kind = "unavailable"
 )
@@ -61,7 +65,8 @@ const (
 // Kinds lists every kind, in the order the README documents them.
 var Kinds = []Kind{
 	KindMissingHeader, KindBadRequest, KindMethodNotAllowed, KindNotFound,
-	KindLockHeld, KindDrainInProgress, KindUnknownNode, KindInternal, KindUnavailable,
+	KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap,
+	KindUnknownNode, KindInternal, KindUnavailable,
 }
 
 // Status returns the HTTP status a reply of this kind carries. None is 2xx:
@@ -74,7 +79,7 @@ func (k Kind) Status() int {
 		return http.StatusMethodNotAllowed
 	case KindNotFound, KindUnknownNode:
 		return http.StatusNotFound
-	case KindLockHeld, KindDrainInProgress:
+	case KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap:
 		return http.StatusLocked
 	case KindUnavailable:
 		return http.StatusServiceUnavailable
