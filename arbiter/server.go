@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
 
@@ -124,7 +126,11 @@ func serve(c *gin.Context, ready func() error, decide func(context.Context, flee
 		reply(c, err)
 		return err
 	}
-	err = decide(c.Request.Context(), p)
+	ctx := c.Request.Context()
+	if ap, err := netip.ParseAddrPort(c.Request.RemoteAddr); err == nil {
+		ctx = coordinator.WithSource(ctx, ap.Addr())
+	}
+	err = decide(ctx, p)
 	if err != nil {
 		reply(c, err)
 		return err

@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 addr=${ARBITER_LISTEN_ADDRESS:-127.0.0.1:8080}
 trap 'test/cluster/cluster.sh down' EXIT
 go run ./test/seed -kubeconfig .cluster/kubeconfig -url "http://$addr/"
-# Plain polling by default, so repeated curls show the drain (423, then 200).
+# Plain polling by default, so repeated curls show the drain (423, then 200);
+# no source binding, since the curls come from this host, not the nodes.
 bin/arbiter --kubeconfig .cluster/kubeconfig --listen-address "$addr" --log-format text \
-	--max-wait "${ARBITER_MAX_WAIT:-0}" &
+	--max-wait "${ARBITER_MAX_WAIT:-0}" --source-binding=false &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; test/cluster/cluster.sh down' EXIT
 trap 'exit 0' INT TERM

@@ -80,6 +80,9 @@ type Config struct {
 	// Recheck is how often a waiter asks for a slot even unwoken, in case a
 	// wake-up was missed (default 30s).
 	Recheck time.Duration
+	// SourceBinding accepts a request for a known node only from one of
+	// that node's own addresses (see WithSource).
+	SourceBinding bool
 }
 
 // Coordinator decides FleetLock requests.
@@ -137,6 +140,9 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	if node != nil {
 		h.Node = node.Name
 		log = log.With("node", node.Name)
+		if err := c.checkSource(ctx, log, node); err != nil {
+			return err
+		}
 	}
 	var deadline <-chan time.Time
 	if c.cfg.MaxWait > 0 {
@@ -363,6 +369,9 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 	}
 	if node != nil {
 		log = log.With("node", node.Name)
+		if err := c.checkSource(ctx, log, node); err != nil {
+			return err
+		}
 	}
 	inCycle := node != nil && nodes.InCycle(node)
 	if c.lock.Holds(p.Group, p.ID) || inCycle {
@@ -427,6 +436,22 @@ func unknownNode(id string) error {
 		"no Node has Zincati id %s: deploy the reboot-manager agent on the host (it publishes the id as the "+
 			"annotation %s), or mount /etc/machine-id into kubelet so status.nodeInfo.machineID matches, "+
 			"or run the arbiter with --allow-unknown-nodes to lock without draining", id, annotations.ZincatiID)
+}
+
+// checkSource enforces source binding: a request about node must come from
+// one of its addresses.
+func (c *Coordinator) checkSource(ctx context.Context, log *slog.Logger, node *corev1.Node) error {
+	if !c.cfg.SourceBinding {
+		return nil
+	}
+	src, ok := sourceFrom(ctx)
+	if !ok || fromNode(node, src) {
+		return nil
+	}
+	log.Warn("request from an address that is not the node's", "source", src.String())
+	return fleetlock.Errorf(fleetlock.KindForbiddenSource,
+		"requests for node %s must come from one of its addresses, not %s (keep client addresses intact: "+
+			"externalTrafficPolicy: Local, or hostNetwork for the arbiter; or run with --source-binding=false)", node.Name, src)
 }
 
 // interrupted answers a request whose context ended before a decision:

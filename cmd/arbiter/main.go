@@ -56,6 +56,7 @@ type config struct {
 	groupsConfigMap   string
 	allowUnknownNodes bool
 	maxWait           time.Duration
+	sourceBinding     bool
 	drain             drain.Config
 	drainWorkers      int
 	reconcileInterval time.Duration
@@ -77,6 +78,7 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.groupsConfigMap, "groups-configmap", "reboot-manager-groups", "ConfigMap holding per-group slots under config.yaml")
 	fs.BoolVar(&c.allowUnknownNodes, "allow-unknown-nodes", false, "grant slots to ids that match no Node, as a plain semaphore without draining")
 	fs.DurationVar(&c.maxWait, "max-wait", 5*time.Minute, "how long a pre-reboot may wait server-side for a slot (first come, first served) or for its drain before a 423; 0 answers at once (plain polling); keep it well under Zincati's 30-minute request timeout")
+	fs.BoolVar(&c.sourceBinding, "source-binding", true, "accept a request for a known node only from one of its addresses (InternalIP, ExternalIP, its pod bridge); 403 forbidden_source otherwise")
 	fs.BoolVar(&c.drain.Force, "drain-force", true, "evict pods that no controller manages (otherwise they block the drain)")
 	fs.BoolVar(&c.drain.DeleteEmptyDirData, "drain-delete-emptydir-data", true, "evict pods with emptyDir volumes (otherwise they block the drain)")
 	fs.IntVar(&c.drain.Concurrency, "drain-concurrency", 10, "evictions in flight per node")
@@ -202,7 +204,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}, log)
 	decider = coordinator.New(coordinator.Deps{
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
-	}, coordinator.Config{AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait}, coordinator.NewMetrics(registry), log)
+	}, coordinator.Config{
+		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, SourceBinding: cfg.sourceBinding,
+	}, coordinator.NewMetrics(registry), log)
 
 	// Waiting pre-reboots are woken by changes to the lock objects and to
 	// the slots.

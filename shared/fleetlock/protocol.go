@@ -58,6 +58,7 @@ const (
 	KindOutsideWindow    Kind = "outside_window"
 	KindBlocked          Kind = "blocked"
 	KindMinGap           Kind = "min_gap"
+	KindForbiddenSource  Kind = "forbidden_source"
 	KindInternal         Kind = "internal"
 	KindUnavailable      Kind = "unavailable"
 )
@@ -66,7 +67,7 @@ const (
 var Kinds = []Kind{
 	KindMissingHeader, KindBadRequest, KindMethodNotAllowed, KindNotFound,
 	KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap,
-	KindUnknownNode, KindInternal, KindUnavailable,
+	KindUnknownNode, KindForbiddenSource, KindInternal, KindUnavailable,
 }
 
 // Status returns the HTTP status a reply of this kind carries. None is 2xx:
@@ -79,6 +80,8 @@ func (k Kind) Status() int {
 		return http.StatusMethodNotAllowed
 	case KindNotFound, KindUnknownNode:
 		return http.StatusNotFound
+	case KindForbiddenSource:
+		return http.StatusForbidden
 	case KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap:
 		return http.StatusLocked
 	case KindUnavailable:

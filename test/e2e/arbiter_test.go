@@ -71,11 +71,20 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 	}
 	addr := l.Addr().String()
 	l.Close()
+	listen := addr
+	for i, a := range args { // a caller's --listen-address wins
+		if a == "--listen-address" && i+1 < len(args) {
+			listen = args[i+1]
+			_, port, _ := net.SplitHostPort(listen)
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, binary(t, "arbiter"), append([]string{
-		"--kubeconfig", cluster.Kubeconfig, "--listen-address", addr, "--namespace", ns,
+		"--kubeconfig", cluster.Kubeconfig, "--listen-address", listen, "--namespace", ns,
 		"--log-format", "text", "--reconcile-interval", "1s",
 		"--max-wait", "0", // tests of long-poll set their own; a later flag wins
+		"--source-binding=false", // requests come from 127.0.0.1; TestSourceBinding sets it
 	}, args...)...)
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "arbiter.log"))
 	if err != nil {

@@ -1,0 +1,48 @@
+package coordinator
+
+import (
+	"context"
+	"net/netip"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+type sourceKey struct{}
+
+// WithSource returns ctx carrying the address a request came from, for
+// source binding. The HTTP layer sets it from the connection, never from a
+// header a client could forge.
+func WithSource(ctx context.Context, addr netip.Addr) context.Context {
+	return context.WithValue(ctx, sourceKey{}, addr.Unmap())
+}
+
+// sourceFrom returns the address WithSource stored.
+func sourceFrom(ctx context.Context) (netip.Addr, bool) {
+	a, ok := ctx.Value(sourceKey{}).(netip.Addr)
+	return a, ok && a.IsValid()
+}
+
+// fromNode reports whether addr is one of the node's own: an InternalIP or
+// ExternalIP in its status, or the first address of one of its pod CIDRs,
+// which is the pod bridge's, the source of the host's own connections to a
+// Service whose pod runs on the same node.
+func fromNode(n *corev1.Node, addr netip.Addr) bool {
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap() == addr {
+			return true
+		}
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Masked().Addr().Next() == addr {
+			return true
+		}
+	}
+	return false
+}
