@@ -51,6 +51,9 @@ func TestManifestsServerDryRun(t *testing.T) {
 	if _, err := cluster.Kubectl("apply", "-f", file, "--dry-run=server"); err != nil {
 		t.Fatalf("the rendered single file (make manifests): %v", err)
 	}
+	if out, err := cluster.Kubectl("apply", "-f", "deploy/networkpolicy.yaml", "--dry-run=server"); err != nil {
+		t.Fatalf("deploy/networkpolicy.yaml: %v\n%s", err, out)
+	}
 	for _, want := range []string{"deployment.apps/arbiter", "service/arbiter", "poddisruptionbudget.policy/arbiter", "configmap/reboot-manager-groups",
 		"daemonset.apps/agent", "validatingadmissionpolicy.admissionregistration.k8s.io/reboot-manager-agent-own-node"} {
 		if !strings.Contains(out, want) {
