@@ -83,6 +83,11 @@ type Config struct {
 	// SourceBinding accepts a request for a known node only from one of
 	// that node's own addresses (see WithSource).
 	SourceBinding bool
+	// CacheFresh, when set, says whether the caches can be trusted; while
+	// they cannot, a steady-state that the cache says holds nothing still
+	// releases through the API server, so a slot taken just before a watch
+	// broke is not missed.
+	CacheFresh func() bool
 }
 
 // Coordinator decides FleetLock requests.
@@ -359,7 +364,8 @@ func (c *Coordinator) WakeAll() {
 // caller's slot could not be released. The release comes first; putting the
 // node back in service (uncordon, status Ready) is best effort after it, and
 // the reconciler finishes what fails here. A node that holds nothing and
-// carries no mark of a reboot cycle costs no API request.
+// carries no mark of a reboot cycle costs no API request, unless the caches
+// may be stale (Config.CacheFresh).
 func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams) error {
 	log := c.log.With("id", p.ID, "group", p.Group)
 	node, err := c.nodes.Lookup(p.ID)
@@ -374,7 +380,8 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		}
 	}
 	inCycle := node != nil && nodes.InCycle(node)
-	if c.lock.Holds(p.Group, p.ID) || inCycle {
+	stale := c.cfg.CacheFresh != nil && !c.cfg.CacheFresh()
+	if c.lock.Holds(p.Group, p.ID) || inCycle || stale {
 		released, err := c.lock.Release(ctx, p.Group, p.ID)
 		if err != nil {
 			return failure(log, "release the reboot slot", err)

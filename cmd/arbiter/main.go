@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/rebootmanager/reboot-manager/arbiter"
+	"github.com/rebootmanager/reboot-manager/arbiter/cachehealth"
 	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
 	"github.com/rebootmanager/reboot-manager/arbiter/gate"
@@ -173,6 +174,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + cfg.groupsConfigMap }))
 	cmInformer := cmFactory.Core().V1().ConfigMaps().Informer()
 
+	// Decisions made from the caches alone wait until broken watches recover.
+	caches := cachehealth.New()
+	for _, inf := range []cache.SharedIndexInformer{nodeInformer, leaseInformer} {
+		if err := caches.Track(inf); err != nil {
+			return fmt.Errorf("track the informer caches: %w", err)
+		}
+	}
+
 	settings := groups.NewStore()
 	var decider *coordinator.Coordinator // set below, before the informers start
 	setGroups := func(obj any) {
@@ -206,6 +215,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
 	}, coordinator.Config{
 		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, SourceBinding: cfg.sourceBinding,
+		CacheFresh: caches.Fresh,
 	}, coordinator.NewMetrics(registry), log)
 
 	// Waiting pre-reboots are woken by changes to the lock objects and to
@@ -234,11 +244,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		f.Start(ctx.Done())
 	}
 	var synced atomic.Bool
+	apiServer := probeAPIServer(ctx, client, 2*time.Second, log)
 	ready := func() error {
 		if !synced.Load() {
 			return errors.New("caches are not synced yet")
 		}
-		return nil
+		return apiServer()
 	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold))
@@ -295,6 +306,48 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 var errShuttingDown = errors.New("the arbiter is shutting down")
+
+// probeAPIServer asks the API server's /readyz every interval until ctx
+// ends, and returns a func that reports the last answer: nil when it was
+// ready. The arbiter is not ready while the API server is not: it could not
+// write a decision, so it should get no requests.
+func probeAPIServer(ctx context.Context, client kubernetes.Interface, interval time.Duration, log *slog.Logger) func() error {
+	var last atomic.Pointer[error]
+	probe := func() {
+		pctx, cancel := context.WithTimeout(ctx, interval)
+		defer cancel()
+		err := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(pctx).Error()
+		if err != nil {
+			err = fmt.Errorf("the API server is not ready: %w", err)
+		}
+		if prev := last.Swap(&err); (prev == nil || *prev == nil) != (err == nil) {
+			if err != nil {
+				log.Warn("API server unreachable; answering 503 until it is back", "err", err)
+			} else if prev != nil {
+				log.Info("API server reachable again")
+			}
+		}
+	}
+	probe()
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				probe()
+			}
+		}
+	}()
+	return func() error {
+		if err := last.Load(); err != nil {
+			return *err
+		}
+		return nil
+	}
+}
 
 func enqueueDraining(d *drain.Drainer, obj any) {
 	if n, ok := obj.(*corev1.Node); ok && n.Annotations[annotations.Status] == annotations.StatusDraining {

@@ -6,6 +6,10 @@
 #   cluster.sh up       start it in the background and wait until it is ready
 #   cluster.sh down     stop exactly the processes "up" started, remove the state
 #   cluster.sh status   say whether it runs
+#   cluster.sh restart-apiserver [SECONDS]
+#                       stop kube-apiserver, keep it down SECONDS, start it again
+#   cluster.sh start-apiserver
+#                       start kube-apiserver again if it is not running
 #
 # State lives in $CLUSTER_DIR (default: <repo>/.cluster): kubeconfig (admin),
 # env (source it for KUBECONFIG and PATH), pki/, logs/, pids/.
@@ -119,6 +123,34 @@ kwok_stages() {
 	done
 }
 
+start_apiserver() { # start_apiserver BIN: start kube-apiserver and wait until it is ready
+	local bin=$1 pki=$state/pki
+	start kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+		--tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" --client-ca-file="$pki/ca.crt" \
+		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+		--service-cluster-ip-range=10.0.0.0/24 --authorization-mode=Node,RBAC --allow-privileged=true \
+		--endpoint-reconciler-type=none
+	wait_for 60 kube-apiserver curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+		"https://127.0.0.1:$api_port/readyz"
+}
+
+# restart_apiserver SECONDS: stop kube-apiserver, keep it down SECONDS, start
+# it again with the same flags (for the tests of an API server outage).
+restart_apiserver() {
+	ready || die "not running"
+	local pid bin
+	pid=$(cat "$state/pids/kube-apiserver.pid")
+	bin=$("$here/build.sh")
+	kill -9 "$pid" # it goes away at once, as in a crash; a graceful stop drains watches for a minute
+	while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+	log "kube-apiserver stopped; starting it again in ${1:-0}s"
+	sleep "${1:-0}"
+	start_apiserver "$bin"
+	log "kube-apiserver ready again"
+}
+
 up() {
 	if ready; then
 		log "already running: https://127.0.0.1:$api_port (KUBECONFIG=$state/kubeconfig)"
@@ -149,16 +181,7 @@ up() {
 		--initial-cluster="default=http://127.0.0.1:$etcd_peer_port" --unsafe-no-fsync=true --log-level=warn
 	wait_for 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health"
 
-	local pki=$state/pki
-	start kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
-		--tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" --client-ca-file="$pki/ca.crt" \
-		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
-		--service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-		--service-cluster-ip-range=10.0.0.0/24 --authorization-mode=Node,RBAC --allow-privileged=true \
-		--endpoint-reconciler-type=none
-	wait_for 60 kube-apiserver curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-		"https://127.0.0.1:$api_port/readyz"
+	start_apiserver "$bin"
 
 	start kube-controller-manager "$bin/kube-controller-manager" \
 		--kubeconfig="$state/controller-manager.kubeconfig" \
@@ -210,6 +233,8 @@ down() {
 case "${1:-}" in
 up) up ;;
 down) down ;;
+restart-apiserver) restart_apiserver "${2:-0}" ;;
+start-apiserver) alive kube-apiserver || start_apiserver "$("$here/build.sh")" ;;
 status) if ready; then echo "running: https://127.0.0.1:$api_port"; else echo "not running"; exit 1; fi ;;
-*) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+*) echo "usage: $0 up|down|status|restart-apiserver [SECONDS]|start-apiserver" >&2; exit 2 ;;
 esac

@@ -91,7 +91,7 @@ func BenchmarkCheckIn(b *testing.B) {
 
 // createPlainNodes creates n Node objects carrying a Zincati id annotation
 // and deletes them after the benchmark. It returns their ids.
-func createPlainNodes(b *testing.B, ns string, n int) []string {
+func createPlainNodes(b testing.TB, ns string, n int) []string {
 	b.Helper()
 	ctx := context.Background()
 	ids := make([]string, n)

@@ -1,0 +1,145 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+)
+
+// outcome is one request's result during the outage test.
+type outcome struct {
+	start, end time.Time
+	op         string
+	err        error
+}
+
+// TestAPIServerOutage (R3): kube-apiserver is killed while six nodes send
+// pre-reboots and steady-states, kept down for a few seconds, and started
+// again. While it is gone no pre-reboot is approved (each is a 503
+// unavailable) and /readyz fails; after it returns the arbiter serves again
+// within seconds, without a restart, and no slot leaks.
+func TestAPIServerOutage(t *testing.T) {
+	ns := cluster.Namespace(t)
+	setGroups(t, ns, "defaults: {slots: 2}")
+	ids := createPlainNodes(t, ns, 6)
+	a := startArbiter(t, ns)
+	client := &fleetlock.Client{BaseURL: a.url, HTTP: &http.Client{Timeout: 20 * time.Second}}
+
+	var (
+		mu       sync.Mutex
+		outcomes []outcome
+		stop     = make(chan struct{})
+		wg       sync.WaitGroup
+	)
+	send := func(op string, p fleetlock.ClientParams) error {
+		o := outcome{start: time.Now(), op: op}
+		if op == "pre-reboot" {
+			o.err = client.PreReboot(context.Background(), p)
+		} else {
+			o.err = client.SteadyState(context.Background(), p)
+		}
+		o.end = time.Now()
+		mu.Lock()
+		outcomes = append(outcomes, o)
+		mu.Unlock()
+		return o.err
+	}
+	for _, id := range ids {
+		wg.Go(func() {
+			p := fleetlock.ClientParams{ID: id, Group: "default"}
+			for {
+				select {
+				case <-stop:
+					// Leave nothing held: report steady-state until it lands.
+					for send("steady-state", p) != nil {
+						time.Sleep(200 * time.Millisecond)
+					}
+					return
+				default:
+				}
+				if send("pre-reboot", p) == nil {
+					time.Sleep(50 * time.Millisecond)
+					_ = send("steady-state", p)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		})
+	}
+	time.Sleep(2 * time.Second)
+
+	// The API server goes away.
+	raw, err := os.ReadFile(filepath.Join(cluster.Root, ".cluster", "pids", "kube-apiserver.pid"))
+	must(t, err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	must(t, err)
+	must(t, syscall.Kill(pid, syscall.SIGKILL))
+	killed := time.Now()
+	t.Cleanup(func() { _ = exec.Command(filepath.Join(cluster.Root, "test/cluster/cluster.sh"), "start-apiserver").Run() })
+	notReady := false
+	for time.Since(killed) < 4*time.Second {
+		if err := getOK(a.url + "readyz"); err != nil {
+			notReady = true
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out, err := exec.Command(filepath.Join(cluster.Root, "test/cluster/cluster.sh"), "start-apiserver").CombinedOutput(); err != nil {
+		t.Fatalf("start kube-apiserver again: %v\n%s", err, out)
+	}
+	back := time.Now()
+
+	// Recovery: a pre-reboot is approved again, with no arbiter restart.
+	var recovered time.Time
+	for time.Since(back) < 30*time.Second {
+		mu.Lock()
+		for _, o := range outcomes {
+			if o.op == "pre-reboot" && o.err == nil && o.start.After(back) && recovered.IsZero() {
+				recovered = o.end
+			}
+		}
+		mu.Unlock()
+		if !recovered.IsZero() && getOK(a.url+"readyz") == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+
+	var during, refused int
+	for _, o := range outcomes {
+		if o.op != "pre-reboot" || o.start.Before(killed) || o.end.After(back) {
+			continue
+		}
+		during++
+		if o.err == nil {
+			t.Errorf("pre-reboot approved while the API server was down (%s–%s)", o.start.Format(time.StampMilli), o.end.Format(time.StampMilli))
+		} else if fleetlock.IsKind(o.err, fleetlock.KindUnavailable) {
+			refused++
+		}
+	}
+	t.Logf("R3: API server down %s; %d pre-reboots during the outage, %d answered 503 unavailable, none approved; "+
+		"serving again %s after it was back", back.Sub(killed).Round(time.Millisecond), during, refused,
+		recovered.Sub(back).Round(time.Millisecond))
+	if !notReady {
+		t.Error("/readyz never failed while the API server was down")
+	}
+	if during == 0 || refused != during {
+		t.Errorf("%d of %d pre-reboots during the outage were 503 unavailable, want all (and some)", refused, during)
+	}
+	if recovered.IsZero() || recovered.Sub(back) > 15*time.Second {
+		t.Errorf("no approval within 15s of the API server's return (recovered %v)", recovered)
+	}
+	if h := holders(t, ns, "default"); len(h) != 0 {
+		t.Errorf("slots still held after every node reported steady-state: %+v", h)
+	}
+}
