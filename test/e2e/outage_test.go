@@ -84,7 +84,9 @@ func TestAPIServerOutage(t *testing.T) {
 	must(t, err)
 	must(t, syscall.Kill(pid, syscall.SIGKILL))
 	killed := time.Now()
-	t.Cleanup(func() { _ = exec.Command(filepath.Join(cluster.Root, "test/cluster/cluster.sh"), "start-apiserver").Run() })
+	t.Cleanup(func() {
+		_ = exec.Command(filepath.Join(cluster.Root, "test/cluster/cluster.sh"), "start-apiserver").Run()
+	})
 	notReady := false
 	for time.Since(killed) < 4*time.Second {
 		if err := getOK(a.url + "readyz"); err != nil {
