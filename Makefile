@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build manifests test deps unit e2e vet fmt-check run cluster-up cluster-down bench bench-quick clean
+.PHONY: all build manifests test deps unit e2e vet fmt-check run cluster-up cluster-down bench bench-quick soak fuzz clean
 
 all: build
 
@@ -56,6 +56,22 @@ cluster-down:
 ## serving FleetLock on 127.0.0.1:8080, until Ctrl-C.
 run: deps build cluster-up
 	test/run.sh
+
+## soak: the hardening runs at full length against the local plane: R1 (250
+## rounds of pre-reboot storms on 3 replicas), R2 (60 SIGKILLs), R3 (the API
+## server killed under traffic), and R4 (10^6 fuzz executions per target).
+## make test runs short versions of R1-R3 and the fuzz seed corpora.
+soak: cluster-up
+	SOAK_ROUNDS=250 SOAK_CRASHES=30 $(GO) test -count=1 -timeout 60m -v -run 'TestReplicasStorm|TestCrashes|TestAPIServerOutage' ./test/e2e/ | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|R[123]:'
+	$(MAKE) fuzz
+
+## fuzz: each fuzz target for FUZZ_EXECS executions (default 10^6).
+FUZZ_EXECS ?= 1000000
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_EXECS)x ./shared/fleetlock/
+	$(GO) test -run '^$$' -fuzz '^FuzzFromMachineID$$' -fuzztime $(FUZZ_EXECS)x ./shared/zincatiid/
+	$(GO) test -run '^$$' -fuzz '^FuzzObjectName$$' -fuzztime $(FUZZ_EXECS)x ./arbiter/lock/
+	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZ_EXECS)x ./arbiter/
 
 clean: cluster-down
 	rm -rf $(BIN)

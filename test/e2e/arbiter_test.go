@@ -59,6 +59,7 @@ type arbiter struct {
 	client *fleetlock.Client
 	ns     string
 	stop   func()
+	kill   func() // SIGKILL, as a crash
 }
 
 // startArbiter runs the real arbiter binary against the plane, with its
@@ -113,7 +114,11 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 			t.Logf("arbiter log:\n%s", out)
 		}
 	})
-	a := &arbiter{pid: cmd.Process.Pid, url: "http://" + addr + "/", ns: ns, stop: stop}
+	kill := func() {
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	a := &arbiter{pid: cmd.Process.Pid, url: "http://" + addr + "/", ns: ns, stop: stop, kill: kill}
 	a.client = &fleetlock.Client{BaseURL: a.url}
 	harness.Eventually(t, 30*time.Second, "arbiter ready", func() error {
 		return getOK(a.url + "readyz")
