@@ -7,13 +7,16 @@ package arbiter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"golang.org/x/net/netutil"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -154,8 +157,11 @@ func joinPath(base, p string) string {
 }
 
 // NewServer returns an http.Server for h with bounded header size and read
-// timeouts, so slow or oversized clients cannot pin it. There is no write
-// timeout: a reply may legitimately take long.
+// timeouts, so slow or oversized clients cannot pin it: a client has 10 s
+// to send its headers (slow-loris) and 30 s for the whole request, headers
+// are capped at 64 KiB (431 beyond) and bodies at fleetlock.MaxBodyBytes.
+// There is no write timeout: a reply may legitimately take long (long-poll).
+// Serve it on Listen's listener to bound the connections too.
 func NewServer(addr string, h http.Handler) *http.Server {
 	return &http.Server{
 		Addr:              addr,
@@ -165,4 +171,15 @@ func NewServer(addr string, h http.Handler) *http.Server {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 	}
+}
+
+// Listen listens on addr and accepts at most maxConns connections at once;
+// the rest wait in the kernel's backlog until one closes, so a flood of
+// connections cannot exhaust the process.
+func Listen(addr string, maxConns int) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return netutil.LimitListener(ln, maxConns), nil
 }

@@ -58,6 +58,7 @@ type config struct {
 	allowUnknownNodes bool
 	maxWait           time.Duration
 	sourceBinding     bool
+	maxConnections    int
 	drain             drain.Config
 	drainWorkers      int
 	reconcileInterval time.Duration
@@ -80,6 +81,7 @@ func parse(args []string) (config, error) {
 	fs.BoolVar(&c.allowUnknownNodes, "allow-unknown-nodes", false, "grant slots to ids that match no Node, as a plain semaphore without draining")
 	fs.DurationVar(&c.maxWait, "max-wait", 5*time.Minute, "how long a pre-reboot may wait server-side for a slot (first come, first served) or for its drain before a 423; 0 answers at once (plain polling); keep it well under Zincati's 30-minute request timeout")
 	fs.BoolVar(&c.sourceBinding, "source-binding", true, "accept a request for a known node only from one of its addresses (InternalIP, ExternalIP, its pod bridge); 403 forbidden_source otherwise")
+	fs.IntVar(&c.maxConnections, "max-connections", 1000, "connections served at once; more wait in the kernel's backlog")
 	fs.BoolVar(&c.drain.Force, "drain-force", true, "evict pods that no controller manages (otherwise they block the drain)")
 	fs.BoolVar(&c.drain.DeleteEmptyDirData, "drain-delete-emptydir-data", true, "evict pods with emptyDir volumes (otherwise they block the drain)")
 	fs.IntVar(&c.drain.Concurrency, "drain-concurrency", 10, "evictions in flight per node")
@@ -100,6 +102,9 @@ func parse(args []string) (config, error) {
 	}
 	if c.logFormat != "json" && c.logFormat != "text" {
 		return c, fmt.Errorf("-log-format must be json or text, not %q", c.logFormat)
+	}
+	if c.maxConnections < 1 {
+		return c, errors.New("-max-connections must be at least 1")
 	}
 	if c.drainWorkers < 1 || c.drain.Concurrency < 1 {
 		return c, errors.New("-drain-workers and -drain-concurrency must be at least 1")
@@ -261,8 +266,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	requests, endRequests := context.WithCancelCause(context.Background())
 	defer endRequests(nil)
 	srv.BaseContext = func(net.Listener) context.Context { return requests }
+	ln, err := arbiter.Listen(cfg.listenAddress, cfg.maxConnections)
+	if err != nil {
+		return err
+	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.ListenAndServe() }()
+	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("serving FleetLock", "address", cfg.listenAddress, "base_path", cfg.basePath, "namespace", cfg.namespace)
 
 	if !cache.WaitForCacheSync(ctx.Done(), nodeInformer.HasSynced, leaseInformer.HasSynced, cmInformer.HasSynced) {
