@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -59,6 +60,8 @@ type config struct {
 	maxWait           time.Duration
 	sourceBinding     bool
 	maxConnections    int
+	tlsCertFile       string
+	tlsKeyFile        string
 	drain             drain.Config
 	drainWorkers      int
 	reconcileInterval time.Duration
@@ -81,6 +84,8 @@ func parse(args []string) (config, error) {
 	fs.BoolVar(&c.allowUnknownNodes, "allow-unknown-nodes", false, "grant slots to ids that match no Node, as a plain semaphore without draining")
 	fs.DurationVar(&c.maxWait, "max-wait", 5*time.Minute, "how long a pre-reboot may wait server-side for a slot (first come, first served) or for its drain before a 423; 0 answers at once (plain polling); keep it well under Zincati's 30-minute request timeout")
 	fs.BoolVar(&c.sourceBinding, "source-binding", true, "accept a request for a known node only from one of its addresses (InternalIP, ExternalIP, its pod bridge); 403 forbidden_source otherwise")
+	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), reloaded when the file changes; empty serves plain HTTP")
+	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "the private key (PEM) of -tls-cert-file")
 	fs.IntVar(&c.maxConnections, "max-connections", 1000, "connections served at once; more wait in the kernel's backlog")
 	fs.BoolVar(&c.drain.Force, "drain-force", true, "evict pods that no controller manages (otherwise they block the drain)")
 	fs.BoolVar(&c.drain.DeleteEmptyDirData, "drain-delete-emptydir-data", true, "evict pods with emptyDir volumes (otherwise they block the drain)")
@@ -102,6 +107,9 @@ func parse(args []string) (config, error) {
 	}
 	if c.logFormat != "json" && c.logFormat != "text" {
 		return c, fmt.Errorf("-log-format must be json or text, not %q", c.logFormat)
+	}
+	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
+		return c, errors.New("-tls-cert-file and -tls-key-file go together")
 	}
 	if c.maxConnections < 1 {
 		return c, errors.New("-max-connections must be at least 1")
@@ -271,8 +279,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("serving FleetLock", "address", cfg.listenAddress, "base_path", cfg.basePath, "namespace", cfg.namespace)
+	if cfg.tlsCertFile != "" {
+		certs, err := arbiter.NewCertReloader(cfg.tlsCertFile, cfg.tlsKeyFile)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
+		go func() { serveErr <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
+	log.Info("serving FleetLock", "tls", cfg.tlsCertFile != "", "address", cfg.listenAddress, "base_path", cfg.basePath, "namespace", cfg.namespace)
 
 	if !cache.WaitForCacheSync(ctx.Done(), nodeInformer.HasSynced, leaseInformer.HasSynced, cmInformer.HasSynced) {
 		endRequests(errShuttingDown)
