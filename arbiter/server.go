@@ -6,6 +6,7 @@ package arbiter
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,11 @@ type Config struct {
 	// Registry receives the HTTP metrics and is served on /metrics; nil
 	// means a new one.
 	Registry *prometheus.Registry
+	// Token, when set, returns the token a group's requests must carry, or
+	// "" when the group needs none. A request carries it as a Bearer token,
+	// or as the password (or lone user name) of Basic auth, which is what
+	// Zincati sends for a base_url such as https://:TOKEN@arbiter/.
+	Token func(group string) string
 }
 
 // Handler returns the HTTP handler for the FleetLock endpoints, /healthz,
@@ -82,7 +88,7 @@ func Handler(d Decider, cfg Config, log *slog.Logger) http.Handler {
 	op := func(name string, decide func(context.Context, fleetlock.ClientParams) error) gin.HandlerFunc {
 		return func(c *gin.Context) {
 			start := time.Now()
-			err := serve(c, cfg.Ready, decide)
+			err := serve(c, cfg, decide)
 			kind := "ok"
 			if err != nil {
 				kind = string(fleetlock.KindOf(err))
@@ -111,9 +117,9 @@ func Handler(d Decider, cfg Config, log *slog.Logger) http.Handler {
 
 // serve checks and decodes one FleetLock request, runs the decision and
 // writes the reply. It returns the decision's error, or the protocol error.
-func serve(c *gin.Context, ready func() error, decide func(context.Context, fleetlock.ClientParams) error) error {
-	if ready != nil {
-		if err := ready(); err != nil {
+func serve(c *gin.Context, cfg Config, decide func(context.Context, fleetlock.ClientParams) error) error {
+	if cfg.Ready != nil {
+		if err := cfg.Ready(); err != nil {
 			fe := fleetlock.Errorf(fleetlock.KindUnavailable, "not ready to decide: %v", err)
 			reply(c, fe)
 			return fe
@@ -129,6 +135,10 @@ func serve(c *gin.Context, ready func() error, decide func(context.Context, flee
 		reply(c, err)
 		return err
 	}
+	if err := authorize(c.Request, cfg.Token, p.Group); err != nil {
+		reply(c, err)
+		return err
+	}
 	ctx := c.Request.Context()
 	if ap, err := netip.ParseAddrPort(c.Request.RemoteAddr); err == nil {
 		ctx = coordinator.WithSource(ctx, ap.Addr())
@@ -139,6 +149,33 @@ func serve(c *gin.Context, ready func() error, decide func(context.Context, flee
 		return err
 	}
 	c.JSON(http.StatusOK, gin.H{})
+	return nil
+}
+
+// authorize checks the group's token, if it has one, in constant time.
+func authorize(r *http.Request, token func(string) string, group string) error {
+	if token == nil {
+		return nil
+	}
+	want := token(group)
+	if want == "" {
+		return nil
+	}
+	got := ""
+	if user, pass, ok := r.BasicAuth(); ok {
+		got = pass
+		if got == "" {
+			got = user
+		}
+	} else if b, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		got = b
+	}
+	if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+		if got == "" {
+			return fleetlock.Errorf(fleetlock.KindUnauthorized, "group %q requires a token: put it in Zincati's base_url as https://:TOKEN@host/, or send Authorization: Bearer TOKEN", group)
+		}
+		return fleetlock.Errorf(fleetlock.KindUnauthorized, "wrong token for group %q", group)
+	}
 	return nil
 }
 

@@ -179,3 +179,43 @@ func TestReadyz(t *testing.T) {
 		ready = nil
 	}
 }
+
+func TestAuthorize(t *testing.T) {
+	token := func(group string) string {
+		if group == "locked" {
+			return "s3cret"
+		}
+		return ""
+	}
+	tests := []struct {
+		name   string
+		group  string
+		header string
+		url    string
+		want   fleetlock.Kind
+	}{
+		{"group without token", "open", "", "http://arbiter/", ""},
+		{"missing token", "locked", "", "http://arbiter/", fleetlock.KindUnauthorized},
+		{"bearer", "locked", "Bearer s3cret", "http://arbiter/", ""},
+		{"wrong bearer", "locked", "Bearer nope", "http://arbiter/", fleetlock.KindUnauthorized},
+		{"basic password, as Zincati sends https://:TOKEN@host/", "locked", "", "http://:s3cret@arbiter/", ""},
+		{"basic user name alone", "locked", "", "http://s3cret@arbiter/", ""},
+		{"basic wrong", "locked", "", "http://zincati:nope@arbiter/", fleetlock.KindUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodPost, tt.url, nil)
+			if tt.header != "" {
+				req.Header.Set("Authorization", tt.header)
+			}
+			if u := req.URL.User; u != nil {
+				pass, _ := u.Password()
+				req.SetBasicAuth(u.Username(), pass)
+			}
+			err := authorize(req, token, tt.group)
+			if tt.want == "" && err != nil || tt.want != "" && !fleetlock.IsKind(err, tt.want) {
+				t.Fatalf("authorize = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}

@@ -44,6 +44,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
 	"github.com/rebootmanager/reboot-manager/arbiter/reconcile"
+	"github.com/rebootmanager/reboot-manager/arbiter/tokens"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/envflag"
 	"github.com/rebootmanager/reboot-manager/shared/kubeclient"
@@ -56,6 +57,7 @@ type config struct {
 	namespace         string
 	basePath          string
 	groupsConfigMap   string
+	tokensSecret      string
 	allowUnknownNodes bool
 	maxWait           time.Duration
 	sourceBinding     bool
@@ -81,6 +83,7 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.namespace, "namespace", "reboot-manager", "namespace of the lock Leases, the groups ConfigMap and the leader-election Lease")
 	fs.StringVar(&c.basePath, "base-path", "/", "path prefix of the FleetLock endpoints (Zincati's base_url path)")
 	fs.StringVar(&c.groupsConfigMap, "groups-configmap", "reboot-manager-groups", "ConfigMap holding per-group slots under config.yaml")
+	fs.StringVar(&c.tokensSecret, "tokens-secret", "reboot-manager-tokens", "Secret whose keys are groups (or _default) and values the token their requests must carry; a missing Secret or key requires none; empty disables")
 	fs.BoolVar(&c.allowUnknownNodes, "allow-unknown-nodes", false, "grant slots to ids that match no Node, as a plain semaphore without draining")
 	fs.DurationVar(&c.maxWait, "max-wait", 5*time.Minute, "how long a pre-reboot may wait server-side for a slot (first come, first served) or for its drain before a 423; 0 answers at once (plain polling); keep it well under Zincati's 30-minute request timeout")
 	fs.BoolVar(&c.sourceBinding, "source-binding", true, "accept a request for a known node only from one of its addresses (InternalIP, ExternalIP, its pod bridge); 403 forbidden_source otherwise")
@@ -195,6 +198,29 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	}
 
+	// The tokens Secret, only that one, when configured.
+	tokenStore := tokens.NewStore()
+	var secretFactory informers.SharedInformerFactory
+	hasSynced := []cache.InformerSynced{nodeInformer.HasSynced, leaseInformer.HasSynced, cmInformer.HasSynced}
+	if cfg.tokensSecret != "" {
+		secretFactory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(cfg.namespace),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + cfg.tokensSecret }))
+		secretInformer := secretFactory.Core().V1().Secrets().Informer()
+		setTokens := func(obj any) {
+			secret, _ := obj.(*corev1.Secret)
+			tokenStore.Set(secret)
+			log.Info("group tokens loaded", "secret", cfg.tokensSecret, "groups", len(secretKeys(secret)))
+		}
+		if _, err := secretInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    setTokens,
+			UpdateFunc: func(_, obj any) { setTokens(obj) },
+			DeleteFunc: func(any) { setTokens(nil) },
+		}); err != nil {
+			return fmt.Errorf("watch the tokens Secret: %w", err)
+		}
+		hasSynced = append(hasSynced, secretInformer.HasSynced)
+	}
+
 	settings := groups.NewStore()
 	var decider *coordinator.Coordinator // set below, before the informers start
 	setGroups := func(obj any) {
@@ -253,8 +279,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("watch nodes: %w", err)
 	}
 
-	for _, f := range []informers.SharedInformerFactory{nodeFactory, lockFactory, cmFactory} {
-		f.Start(ctx.Done())
+	for _, f := range []informers.SharedInformerFactory{nodeFactory, lockFactory, cmFactory, secretFactory} {
+		if f != nil {
+			f.Start(ctx.Done())
+		}
 	}
 	var synced atomic.Bool
 	apiServer := probeAPIServer(ctx, client, 2*time.Second, log)
@@ -267,7 +295,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold))
 	srv := arbiter.NewServer(cfg.listenAddress, arbiter.Handler(decider, arbiter.Config{
-		BasePath: cfg.basePath, Ready: ready, Registry: registry,
+		BasePath: cfg.basePath, Ready: ready, Registry: registry, Token: tokenStore.For,
 	}, log))
 	// Requests end when shutdown starts, so waiting pre-reboots answer 503
 	// at once instead of holding the shutdown up.
@@ -292,7 +320,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("serving FleetLock", "tls", cfg.tlsCertFile != "", "address", cfg.listenAddress, "base_path", cfg.basePath, "namespace", cfg.namespace)
 
-	if !cache.WaitForCacheSync(ctx.Done(), nodeInformer.HasSynced, leaseInformer.HasSynced, cmInformer.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), hasSynced...) {
 		endRequests(errShuttingDown)
 		return shutdown(srv, ctx.Err())
 	}
@@ -333,6 +361,17 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 var errShuttingDown = errors.New("the arbiter is shutting down")
+
+func secretKeys(s *corev1.Secret) []string {
+	if s == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(s.Data))
+	for k := range s.Data {
+		keys = append(keys, k)
+	}
+	return keys
+}
 
 // probeAPIServer asks the API server's /readyz every interval until ctx
 // ends, and returns a func that reports the last answer: nil when it was

@@ -59,6 +59,7 @@ const (
 	KindBlocked          Kind = "blocked"
 	KindMinGap           Kind = "min_gap"
 	KindForbiddenSource  Kind = "forbidden_source"
+	KindUnauthorized     Kind = "unauthorized"
 	KindInternal         Kind = "internal"
 	KindUnavailable      Kind = "unavailable"
 )
@@ -67,7 +68,7 @@ const (
 var Kinds = []Kind{
 	KindMissingHeader, KindBadRequest, KindMethodNotAllowed, KindNotFound,
 	KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap,
-	KindUnknownNode, KindForbiddenSource, KindInternal, KindUnavailable,
+	KindUnknownNode, KindUnauthorized, KindForbiddenSource, KindInternal, KindUnavailable,
 }
 
 // Status returns the HTTP status a reply of this kind carries. None is 2xx:
@@ -80,6 +81,8 @@ func (k Kind) Status() int {
 		return http.StatusMethodNotAllowed
 	case KindNotFound, KindUnknownNode:
 		return http.StatusNotFound
+	case KindUnauthorized:
+		return http.StatusUnauthorized
 	case KindForbiddenSource:
 		return http.StatusForbidden
 	case KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap:
