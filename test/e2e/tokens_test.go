@@ -73,4 +73,3 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("holders after the steady-state = %+v", h)
 	}
 }
-
