@@ -58,11 +58,11 @@ run: deps build cluster-up
 	test/run.sh
 
 ## soak: the hardening runs at full length against the local plane: R1 (250
-## rounds of pre-reboot storms on 3 replicas), R2 (60 SIGKILLs), R3 (the API
+## rounds of pre-reboot storms on 3 replicas), R2 (50 trials, 100 SIGKILLs), R3 (the API
 ## server killed under traffic), and R4 (10^6 fuzz executions per target).
 ## make test runs short versions of R1-R3 and the fuzz seed corpora.
 soak: cluster-up
-	SOAK_ROUNDS=250 SOAK_CRASHES=30 $(GO) test -count=1 -timeout 60m -v -run 'TestReplicasStorm|TestCrashes|TestAPIServerOutage' ./test/e2e/ | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|R[123]:'
+	SOAK_ROUNDS=250 SOAK_CRASHES=50 $(GO) test -count=1 -timeout 60m -v -run 'TestReplicasStorm|TestCrashes|TestAPIServerOutage' ./test/e2e/ | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|R[123]:'
 	$(MAKE) fuzz
 
 ## fuzz: each fuzz target for FUZZ_EXECS executions (default 10^6).
