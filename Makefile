@@ -62,7 +62,7 @@ run: deps build cluster-up
 ## server killed under traffic), and R4 (10^6 fuzz executions per target).
 ## make test runs short versions of R1-R3 and the fuzz seed corpora.
 soak: cluster-up
-	SOAK_ROUNDS=250 SOAK_CRASHES=50 $(GO) test -count=1 -timeout 60m -v -run 'TestReplicasStorm|TestCrashes|TestAPIServerOutage' ./test/e2e/ | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|R[123]:'
+	set -o pipefail; SOAK_ROUNDS=250 SOAK_CRASHES=50 $(GO) test -count=1 -timeout 60m -v -run 'TestReplicasStorm|TestCrashes|TestAPIServerOutage' ./test/e2e/ | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|R[123]:'
 	$(MAKE) fuzz
 
 ## fuzz: each fuzz target for FUZZ_EXECS executions (default 10^6).
