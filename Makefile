@@ -68,10 +68,10 @@ soak: cluster-up
 ## fuzz: each fuzz target for FUZZ_EXECS executions (default 10^6).
 FUZZ_EXECS ?= 1000000
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_EXECS)x ./shared/fleetlock/
-	$(GO) test -run '^$$' -fuzz '^FuzzFromMachineID$$' -fuzztime $(FUZZ_EXECS)x ./shared/zincatiid/
-	$(GO) test -run '^$$' -fuzz '^FuzzObjectName$$' -fuzztime $(FUZZ_EXECS)x ./arbiter/lock/
-	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZ_EXECS)x ./arbiter/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZ_EXECS)x -fuzzminimizetime 100x ./shared/fleetlock/
+	$(GO) test -run '^$$' -fuzz '^FuzzFromMachineID$$' -fuzztime $(FUZZ_EXECS)x -fuzzminimizetime 100x ./shared/zincatiid/
+	$(GO) test -run '^$$' -fuzz '^FuzzObjectName$$' -fuzztime $(FUZZ_EXECS)x -fuzzminimizetime 100x ./arbiter/lock/
+	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZ_EXECS)x -fuzzminimizetime 100x ./arbiter/
 
 clean: cluster-down
 	rm -rf $(BIN)
