@@ -181,6 +181,7 @@ up() {
 		--initial-cluster="default=http://127.0.0.1:$etcd_peer_port" --unsafe-no-fsync=true --log-level=warn
 	wait_for 30 etcd curl -sf "http://127.0.0.1:$etcd_port/health"
 
+	local pki=$state/pki
 	start_apiserver "$bin"
 
 	start kube-controller-manager "$bin/kube-controller-manager" \
