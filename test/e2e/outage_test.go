@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
 // outcome is one request's result during the outage test.
@@ -83,6 +87,19 @@ func TestAPIServerOutage(t *testing.T) {
 	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
 	must(t, err)
 	must(t, syscall.Kill(pid, syscall.SIGKILL))
+	// The outage starts when the process is gone and its port refuses.
+	api, err := url.Parse(cluster.Config.Host)
+	must(t, err)
+	harness.Eventually(t, 10*time.Second, "kube-apiserver gone", func() error {
+		if syscall.Kill(pid, 0) == nil {
+			return fmt.Errorf("process %d still exists", pid)
+		}
+		if c, err := net.DialTimeout("tcp", api.Host, time.Second); err == nil {
+			c.Close()
+			return fmt.Errorf("%s still accepts connections", api.Host)
+		}
+		return nil
+	})
 	killed := time.Now()
 	t.Cleanup(func() {
 		_ = exec.Command(filepath.Join(cluster.Root, "test/cluster/cluster.sh"), "start-apiserver").Run()

@@ -150,6 +150,12 @@ func (c *Cluster) Namespace(t testing.TB) string {
 	t.Cleanup(func() {
 		_ = c.Client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
 	})
+	// Pods are refused until the controller manager has made the default
+	// ServiceAccount, which takes a while after an API server restart.
+	Eventually(t, 60*time.Second, "the default ServiceAccount in "+ns.Name, func() error {
+		_, err := c.Client.CoreV1().ServiceAccounts(ns.Name).Get(context.Background(), "default", metav1.GetOptions{})
+		return err
+	})
 	return ns.Name
 }
 
