@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -100,32 +101,20 @@ func createPlainNodes(b testing.TB, ns string, n int) []string {
 		_ = cluster.Client.CoreV1().Nodes().DeleteCollection(context.Background(), metav1.DeleteOptions{},
 			metav1.ListOptions{LabelSelector: "bench=" + ns})
 	})
-	var (
-		wg   sync.WaitGroup
-		next atomic.Int64
-		fail atomic.Value
-	)
-	for range 32 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				ids[i] = fixtures.RandomID()
-				node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-					Name: fmt.Sprintf("%s-%05d", ns, i), Labels: label,
-					Annotations: map[string]string{annotations.ZincatiID: ids[i]},
-				}}
-				if _, err := cluster.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
-					fail.Store(err)
-					return
-				}
-			}
+	g := new(errgroup.Group)
+	g.SetLimit(32)
+	for i := range n {
+		ids[i] = fixtures.RandomID()
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+			Name: fmt.Sprintf("%s-%05d", ns, i), Labels: label,
+			Annotations: map[string]string{annotations.ZincatiID: ids[i]},
+		}}
+		g.Go(func() error {
+			_, err := cluster.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+			return err
 		})
 	}
-	wg.Wait()
-	if err, ok := fail.Load().(error); ok {
+	if err := g.Wait(); err != nil {
 		b.Fatalf("create nodes: %v", err)
 	}
 	return ids

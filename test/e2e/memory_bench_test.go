@@ -6,11 +6,10 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
@@ -82,28 +81,16 @@ func BenchmarkMemory(b *testing.B) {
 func createBoundPods(b testing.TB, ns string, n, nodes int) {
 	b.Helper()
 	ctx := context.Background()
-	var (
-		wg   sync.WaitGroup
-		next atomic.Int64
-		fail atomic.Value
-	)
-	for range 32 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				p := fixtures.BarePod(ns, fmt.Sprintf("p-%06d", i), fmt.Sprintf("%s-%05d", ns, i%nodes))
-				if _, err := cluster.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
-					fail.Store(err)
-					return
-				}
-			}
+	g := new(errgroup.Group)
+	g.SetLimit(32)
+	for i := range n {
+		p := fixtures.BarePod(ns, fmt.Sprintf("p-%06d", i), fmt.Sprintf("%s-%05d", ns, i%nodes))
+		g.Go(func() error {
+			_, err := cluster.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+			return err
 		})
 	}
-	wg.Wait()
-	if err, ok := fail.Load().(error); ok {
+	if err := g.Wait(); err != nil {
 		b.Fatalf("create pods: %v", err)
 	}
 }
