@@ -250,11 +250,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
 		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
 	}, log)
+	apiServer := probeAPIServer(ctx, client, 2*time.Second, log)
 	decider = coordinator.New(coordinator.Deps{
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
 	}, coordinator.Config{
 		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, SourceBinding: cfg.sourceBinding,
-		CacheFresh: caches.Fresh,
+		// After an outage the caches are trusted again only once every
+		// broken watch has caught up and the API server has been back a while.
+		CacheFresh: func() bool { return caches.Fresh() && apiServer.settled(30*time.Second) },
 	}, coordinator.NewMetrics(registry), log)
 
 	// Waiting pre-reboots are woken by changes to the lock objects and to
@@ -285,12 +288,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	}
 	var synced atomic.Bool
-	apiServer := probeAPIServer(ctx, client, 2*time.Second, log)
 	ready := func() error {
 		if !synced.Load() {
 			return errors.New("caches are not synced yet")
 		}
-		return apiServer()
+		return apiServer.ready()
 	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold))
@@ -373,12 +375,33 @@ func secretKeys(s *corev1.Secret) []string {
 	return keys
 }
 
+// apiHealth is what probeAPIServer last saw of the API server.
+type apiHealth struct {
+	mu        sync.Mutex
+	err       error     // the last probe's failure, nil when ready
+	recovered time.Time // when the API server came back from its last failure
+}
+
+// ready returns why the API server is not ready, or nil.
+func (h *apiHealth) ready() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.err
+}
+
+// settled reports whether the API server has been ready for at least d
+// since its last failure (or never failed).
+func (h *apiHealth) settled(d time.Duration) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.err == nil && (h.recovered.IsZero() || time.Since(h.recovered) >= d)
+}
+
 // probeAPIServer asks the API server's /readyz every interval until ctx
-// ends, and returns a func that reports the last answer: nil when it was
-// ready. The arbiter is not ready while the API server is not: it could not
+// ends. The arbiter is not ready while the API server is not: it could not
 // write a decision, so it should get no requests.
-func probeAPIServer(ctx context.Context, client kubernetes.Interface, interval time.Duration, log *slog.Logger) func() error {
-	var last atomic.Pointer[error]
+func probeAPIServer(ctx context.Context, client kubernetes.Interface, interval time.Duration, log *slog.Logger) *apiHealth {
+	h := &apiHealth{}
 	probe := func() {
 		pctx, cancel := context.WithTimeout(ctx, interval)
 		defer cancel()
@@ -386,13 +409,16 @@ func probeAPIServer(ctx context.Context, client kubernetes.Interface, interval t
 		if err != nil {
 			err = fmt.Errorf("the API server is not ready: %w", err)
 		}
-		if prev := last.Swap(&err); (prev == nil || *prev == nil) != (err == nil) {
-			if err != nil {
-				log.Warn("API server unreachable; answering 503 until it is back", "err", err)
-			} else if prev != nil {
-				log.Info("API server reachable again")
-			}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		switch {
+		case err != nil && h.err == nil:
+			log.Warn("API server unreachable; answering 503 until it is back", "err", err)
+		case err == nil && h.err != nil:
+			log.Info("API server reachable again")
+			h.recovered = time.Now()
 		}
+		h.err = err
 	}
 	probe()
 	go func() {
@@ -407,12 +433,7 @@ func probeAPIServer(ctx context.Context, client kubernetes.Interface, interval t
 			}
 		}
 	}()
-	return func() error {
-		if err := last.Load(); err != nil {
-			return *err
-		}
-		return nil
-	}
+	return h
 }
 
 func enqueueDraining(d *drain.Drainer, obj any) {
