@@ -410,30 +410,23 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 // names lists the holders by node name, or by id for hosts outside the
 // cluster.
 func names(holders []lock.Holder) string {
+	return list(holders, lock.Holder.Who)
+}
+
+// describe lists the holders with how long each has held its slot.
+func (c *Coordinator) describe(holders []lock.Holder) string {
+	return list(holders, func(h lock.Holder) string {
+		return fmt.Sprintf("%s (for %s)", h.Who(), c.now().Sub(h.Since).Round(time.Second))
+	})
+}
+
+func list(holders []lock.Holder, show func(lock.Holder) string) string {
 	if len(holders) == 0 {
 		return "nobody (the group has no slots)"
 	}
 	parts := make([]string, len(holders))
 	for i, h := range holders {
-		parts[i] = h.Node
-		if parts[i] == "" {
-			parts[i] = "id " + h.ID
-		}
-	}
-	return strings.Join(parts, ", ")
-}
-
-func (c *Coordinator) describe(holders []lock.Holder) string {
-	parts := make([]string, len(holders))
-	for i, h := range holders {
-		who := h.Node
-		if who == "" {
-			who = "id " + h.ID
-		}
-		parts[i] = fmt.Sprintf("%s (for %s)", who, c.now().Sub(h.Since).Round(time.Second))
-	}
-	if len(parts) == 0 {
-		return "nobody (the group has no slots)"
+		parts[i] = show(h)
 	}
 	return strings.Join(parts, ", ")
 }

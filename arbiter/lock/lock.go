@@ -44,6 +44,15 @@ type Holder struct {
 	Since time.Time `json:"since"`
 }
 
+// Who names the holder for people: its node, or "id <ID>" for a host
+// outside the cluster.
+func (h Holder) Who() string {
+	if h.Node != "" {
+		return h.Node
+	}
+	return "id " + h.ID
+}
+
 // Result is the outcome of Acquire.
 type Result struct {
 	// Granted is true when the caller holds a slot.

@@ -209,7 +209,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		setTokens := func(obj any) {
 			secret, _ := obj.(*corev1.Secret)
 			tokenStore.Set(secret)
-			log.Info("group tokens loaded", "secret", cfg.tokensSecret, "groups", len(secretKeys(secret)))
+			log.Info("group tokens loaded", "secret", cfg.tokensSecret, "deleted", secret == nil)
 		}
 		if _, err := secretInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    setTokens,
@@ -363,17 +363,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 var errShuttingDown = errors.New("the arbiter is shutting down")
-
-func secretKeys(s *corev1.Secret) []string {
-	if s == nil {
-		return nil
-	}
-	keys := make([]string, 0, len(s.Data))
-	for k := range s.Data {
-		keys = append(keys, k)
-	}
-	return keys
-}
 
 // apiHealth is what probeAPIServer last saw of the API server.
 type apiHealth struct {
