@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,19 +26,28 @@ import (
 
 // Nodes finds and changes Nodes.
 type Nodes interface {
-	Lookup(id string) (*corev1.Node, error)
-	StartDrain(ctx context.Context, name, group string) error
-	MarkRebooting(ctx context.Context, name string) error
+	// Lookup names the Nodes of an id from the cache.
+	Lookup(id string) ([]*corev1.Node, error)
+	// Fresh reads a Node from the API server.
+	Fresh(ctx context.Context, name string) (*corev1.Node, error)
+	StartDrain(ctx context.Context, from *corev1.Node, group string) error
+	MarkRebooting(ctx context.Context, name, bootID string) error
 	SetWaiting(ctx context.Context, name, reason string) error
 	Finish(ctx context.Context, name string) error
+	Event(n *corev1.Node, eventType, reason, format string, args ...any)
 }
 
 // Lock is the group semaphore.
 type Lock interface {
-	Acquire(ctx context.Context, group string, h lock.Holder, lim lock.Limits) (lock.Result, error)
-	Release(ctx context.Context, group, id string) (bool, error)
-	Holds(group, id string) bool
+	// Acquire, Get, Advance and ReleaseMatching read the lock object fresh
+	// and write it by compare-and-swap.
+	Acquire(ctx context.Context, group string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error)
+	Get(ctx context.Context, group string) (lock.Object, error)
+	Advance(ctx context.Context, group, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error)
+	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
+	// Cached and All read the cache: hints and displays only.
 	Cached(group string) []lock.Holder
+	All() (map[string][]lock.Holder, error)
 }
 
 // Drainer empties nodes.
@@ -49,6 +59,8 @@ type Drainer interface {
 // Settings gives each group's settings.
 type Settings interface {
 	For(group string) groups.Settings
+	// Ready is nil once a valid configuration was read.
+	Ready() error
 }
 
 // Gate admits or turns away a new slot holder: pauses, windows, blockers.
@@ -83,11 +95,6 @@ type Config struct {
 	// SourceBinding accepts a request for a known node only from one of
 	// that node's own addresses (see WithSource).
 	SourceBinding bool
-	// CacheFresh, when set, says whether the caches can be trusted; while
-	// they cannot, a steady-state that the cache says holds nothing still
-	// releases through the API server, so a slot taken just before a watch
-	// broke is not missed.
-	CacheFresh func() bool
 }
 
 // Coordinator decides FleetLock requests.
@@ -125,6 +132,12 @@ func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 // approves only once every evictable pod is gone. Any other outcome is a
 // *fleetlock.Error.
 //
+// Inputs and their freshness: the groups settings (watched, must have been
+// read once); the Node named by the id (cache: it only names who asks); the
+// lock object (fresh: every step reads it or writes it by compare-and-swap);
+// the node's spec and pods (a consistent GET and LIST before any 200). See
+// decide.
+//
 // With Config.MaxWait set, a pre-reboot that finds its group full, or its
 // node still draining, waits server-side up to MaxWait instead of turning
 // the node away until its next tick: waiters for a slot are served in
@@ -133,9 +146,13 @@ func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 // closes leaves the queue.
 func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
 	log := c.log.With("id", p.ID, "group", p.Group)
-	node, err := c.nodes.Lookup(p.ID)
+	if err := c.settings.Ready(); err != nil {
+		log.Warn("pre-reboot refused: no valid groups settings", "err", err)
+		return fleetlock.Errorf(fleetlock.KindUnavailable, "no reboot is granted until the groups settings are read: %v", err)
+	}
+	node, err := c.resolve(ctx, log, p)
 	if err != nil {
-		return failure(log, "look up the node", err)
+		return err
 	}
 	if node == nil && !c.cfg.AllowUnknownNodes {
 		log.Warn("pre-reboot from an unknown node")
@@ -143,7 +160,7 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	}
 	h := lock.Holder{ID: p.ID}
 	if node != nil {
-		h.Node = node.Name
+		h.Node, h.NodeUID = node.Name, node.UID
 		log = log.With("node", node.Name)
 		if err := c.checkSource(ctx, log, node); err != nil {
 			return err
@@ -156,31 +173,72 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 		deadline = t.C
 	}
 
-	if err := c.takeSlot(ctx, log, p, node, h, deadline); err != nil {
+	mine, err := c.takeSlot(ctx, log, p, node, h, deadline)
+	if err != nil {
 		return err
 	}
 	if node == nil {
 		log.Info("reboot approved for a host outside the cluster")
 		return nil
 	}
-	if node.Annotations[annotations.Status] == annotations.StatusRebooting {
-		return nil // recursive: already approved
+	if mine.Node != node.Name {
+		return c.ambiguous(log, p.ID, fmt.Sprintf("it holds a slot for node %s but now names node %s", mine.Node, node.Name))
 	}
-	if err := c.nodes.StartDrain(ctx, node.Name, p.Group); err != nil {
-		return failure(log, "cordon the node", err)
-	}
-	return c.awaitDrain(ctx, log, p, node, deadline)
+	return c.cycle(ctx, log, p, mine, deadline)
 }
 
-// takeSlot takes or confirms the caller's slot. A new holder must first
-// pass the gate (pause, windows, blockers), then the semaphore (slots, the
-// minimum gap). Without a deadline it asks once; with one it queues behind
-// earlier waiters and asks again whenever Wake says a slot may be free or
-// the gap has passed, until the deadline. A gate refusal is answered at once.
-func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder, deadline <-chan time.Time) error {
-	// A holder asking again, or a node mid-cycle, is never turned away by
-	// the gate: it would strand a drain.
-	returning := c.lock.Holds(p.Group, p.ID) || (node != nil && nodes.InCycle(node))
+// resolve names the Node that the request is about. The cache names the
+// candidates; an id that several Nodes share is refused, unless a fresh read
+// of the lock object shows it holding a slot for one of them: a request
+// about a held slot is about the node the lock object records, never
+// another.
+func (c *Coordinator) resolve(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams) (*corev1.Node, error) {
+	found, err := c.nodes.Lookup(p.ID)
+	if err != nil {
+		return nil, failure(log, "look up the node", err)
+	}
+	switch len(found) {
+	case 0:
+		return nil, nil
+	case 1:
+		return found[0], nil
+	}
+	o, err := c.lock.Get(ctx, p.Group)
+	if err != nil {
+		return nil, failure(log, "read the lock object", err)
+	}
+	if h, ok := o.Holder(p.ID); ok {
+		for _, n := range found {
+			if n.Name == h.Node {
+				return n, nil
+			}
+		}
+	}
+	names := make([]string, len(found))
+	for i, n := range found {
+		names[i] = n.Name
+	}
+	for _, n := range found {
+		c.nodes.Event(n, corev1.EventTypeWarning, "AmbiguousZincatiID",
+			"Zincati id %s matches several Nodes: %s; their requests are refused until one changes", p.ID, strings.Join(names, ", "))
+	}
+	return nil, c.ambiguous(log, p.ID, "it matches the Nodes "+strings.Join(names, ", ")+
+		" (a cloned /etc/machine-id? regenerate it on the clones)")
+}
+
+func (c *Coordinator) ambiguous(log *slog.Logger, id, why string) error {
+	log.Warn("request for an ambiguous id", "why", why)
+	return fleetlock.Errorf(fleetlock.KindAmbiguousID, "Zincati id %s is ambiguous: %s", id, why)
+}
+
+// takeSlot takes or confirms the caller's slot and returns its record as
+// the lock object holds it. A new holder must first pass the gate (pause,
+// windows, blockers), which Acquire consults only when the fresh lock object
+// shows the id holding nothing; then the semaphore (slots, the minimum gap).
+// Without a deadline it asks once; with one it queues behind earlier waiters
+// and asks again whenever Wake says a slot may be free or the gap has
+// passed, until the deadline. A gate refusal is answered at once.
+func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder, deadline <-chan time.Time) (lock.Holder, error) {
 	try := true
 	var w *waiter
 	if deadline != nil {
@@ -190,8 +248,9 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			c.queue.leave(p.Group, w)
 			c.Wake(p.Group) // pass on a wake-up this waiter may have used
 		}()
-		// Behind others, ask only when woken, unless returning.
-		try = first || returning
+		// Behind others, ask only when woken, unless the cache hints that
+		// the id already holds a slot (a wrong hint costs one read).
+		try = first || c.holdsCached(p.Group, p.ID)
 	}
 	recheck := time.NewTicker(c.cfg.Recheck)
 	defer recheck.Stop()
@@ -206,28 +265,23 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		s := c.settings.For(p.Group)
 		var res lock.Result
 		if try {
-			if !returning {
-				if err := c.gate.Check(ctx, p.Group, s, h.Node); err != nil {
-					if fleetlock.KindOf(err) == fleetlock.KindInternal {
-						return failure(log, "check the group's pacing controls", err)
-					}
-					c.noteWaiting(ctx, log, p.Group, node, reason(err), &noted)
-					return err
-				}
-			}
+			admit := func() error { return c.gate.Check(ctx, p.Group, s, h.Node) }
 			var err error
-			res, err = c.lock.Acquire(ctx, p.Group, h, lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration})
-			if err != nil {
-				if ctx.Err() != nil {
-					return interrupted(ctx, log)
-				}
-				return failure(log, "take a reboot slot", err)
-			}
-			if res.Granted {
+			res, err = c.lock.Acquire(ctx, p.Group, h, lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}, admit)
+			var fe *fleetlock.Error
+			switch {
+			case errors.As(err, &fe):
+				c.noteWaiting(ctx, log, p.Group, node, fe.Value, &noted)
+				return lock.Holder{}, fe
+			case err != nil && ctx.Err() != nil:
+				return lock.Holder{}, interrupted(ctx, log)
+			case err != nil:
+				return lock.Holder{}, failure(log, "take a reboot slot", err)
+			case res.Granted:
 				if res.Changed {
 					log.Info("slot taken", "slots", s.Slots)
 				}
-				return nil
+				return res.Holder, nil
 			}
 		} else {
 			res.Holders = c.lock.Cached(p.Group)
@@ -250,19 +304,23 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 				p.Group, len(res.Holders), s.Slots, names(res.Holders)), &noted)
 		}
 		if deadline == nil {
-			return denial
+			return lock.Holder{}, denial
 		}
 		select {
 		case <-w.wake:
 		case <-gapOver:
 		case <-recheck.C:
 		case <-deadline:
-			return denial
+			return lock.Holder{}, denial
 		case <-ctx.Done():
-			return interrupted(ctx, log)
+			return lock.Holder{}, interrupted(ctx, log)
 		}
 		try = true
 	}
+}
+
+func (c *Coordinator) holdsCached(group, id string) bool {
+	return slices.ContainsFunc(c.lock.Cached(group), func(h lock.Holder) bool { return h.ID == id })
 }
 
 // noteWaiting logs why a node is turned away and records it on the node,
@@ -290,51 +348,116 @@ func reason(err error) string {
 	return err.Error()
 }
 
-// awaitDrain approves the reboot once the node is empty. Without a deadline
-// it looks once; with one it looks again every DrainPoll until the deadline.
-func (c *Coordinator) awaitDrain(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, deadline <-chan time.Time) error {
+// cycle drives a holder's node through the cycle until its reboot is
+// approved: each round reads the node (GET) and its pods (LIST) fresh, and
+// decide says what to do with them and the holder's record, which every
+// change rewrites by compare-and-swap. Without a deadline it answers after
+// one look at the pods; with one it looks again every DrainPoll until the
+// deadline.
+func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, h lock.Holder, deadline <-chan time.Time) error {
+	cordons := 0
 	for {
-		pending, err := c.drainer.Pending(ctx, node.Name)
+		n, err := c.nodes.Fresh(ctx, h.Node)
 		if err != nil {
-			if ctx.Err() != nil {
-				return interrupted(ctx, log)
+			return c.failed(ctx, log, "read the node", err)
+		}
+		var pending drain.Pending
+		if n.Spec.Unschedulable {
+			if pending, err = c.drainer.Pending(ctx, h.Node); err != nil {
+				return c.failed(ctx, log, "list the node's pods", err)
 			}
-			return failure(log, "list the node's pods", err)
 		}
-		if pending.Done() {
-			break
+		st := decide(h, n.Spec.Unschedulable, pending)
+		log.Debug("pre-reboot step", "step", st.String(), "phase", h.Stage(), "cordoned", n.Spec.Unschedulable, "pods", len(pending.Pods))
+		switch st {
+		case stepConfirm:
+			return nil // recursive: approved before, and the node is still cordoned and empty
+		case stepApprove:
+			return c.approve(ctx, log, p, h, n)
+		case stepCordon:
+			if err := c.nodes.StartDrain(ctx, n, p.Group); err != nil {
+				return c.failed(ctx, log, "cordon the node", err)
+			}
+			if h, err = c.advance(ctx, p, h, func(r *lock.Holder) {
+				r.Phase, r.Approval = lock.PhaseDraining, nil
+			}); err != nil {
+				return c.failed(ctx, log, "record the drain", err)
+			}
+			c.drainer.Enqueue(h.Node)
+			if cordons++; cordons <= 2 {
+				continue // look again at once: the node is cordoned now
+			}
+		case stepWait:
+			c.drainer.Enqueue(h.Node)
 		}
-		c.drainer.Enqueue(node.Name)
 		if deadline == nil {
-			return c.draining(log, p, node.Name, pending)
+			return c.draining(log, p, h.Node, pending)
 		}
 		t := time.NewTimer(c.cfg.DrainPoll)
 		select {
 		case <-t.C:
 		case <-deadline:
 			t.Stop()
-			return c.draining(log, p, node.Name, pending)
+			return c.draining(log, p, h.Node, pending)
 		case <-ctx.Done():
 			t.Stop()
 			return interrupted(ctx, log)
 		}
 	}
-	if err := c.nodes.MarkRebooting(ctx, node.Name); err != nil {
-		return failure(log, "mark the node Rebooting", err)
+}
+
+// approve records the approval in the lock object, with what the node is
+// now (its boot id, OS image and version, from the fresh read n), by a
+// compare-and-swap that fails if the holding is gone: a slot released while
+// the request waited is never approved. Only then does it answer 200.
+func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, h lock.Holder, n *corev1.Node) error {
+	now := c.now()
+	rec, err := c.advance(ctx, p, h, func(r *lock.Holder) {
+		if r.Stage() == lock.PhaseApproved {
+			return // approved meanwhile through another replica
+		}
+		r.Phase, r.NodeUID = lock.PhaseApproved, n.UID
+		r.Approval = &lock.Approval{At: now.UTC(), BootID: n.Status.NodeInfo.BootID, OSImage: n.Status.NodeInfo.OSImage,
+			OSVersion: n.Annotations[annotations.OSVersion]}
+	})
+	if err != nil {
+		return c.failed(ctx, log, "record the approval", err)
 	}
-	if since, err := time.Parse(time.RFC3339, node.Annotations[annotations.Since]); err == nil {
-		c.metrics.drainSeconds.WithLabelValues(p.Group).Observe(c.now().Sub(since).Seconds())
+	if err := c.nodes.MarkRebooting(ctx, h.Node, rec.Approval.BootID); err != nil {
+		log.Warn("mirroring the approval on the node failed", "err", err)
 	}
-	log.Info("reboot approved")
+	c.metrics.drainSeconds.WithLabelValues(p.Group).Observe(now.Sub(h.Since).Seconds())
+	log.Info("reboot approved", "boot_id", rec.Approval.BootID)
 	return nil
+}
+
+// advance changes the holder's record by compare-and-swap.
+func (c *Coordinator) advance(ctx context.Context, p fleetlock.ClientParams, h lock.Holder, change func(*lock.Holder)) (lock.Holder, error) {
+	return c.lock.Advance(ctx, p.Group, h.ID, h.Since, change)
+}
+
+// failed answers a step that could not be done: a holding released
+// meanwhile is a 423, anything else fails closed.
+func (c *Coordinator) failed(ctx context.Context, log *slog.Logger, doing string, err error) error {
+	switch {
+	case errors.Is(err, lock.ErrNotHolder):
+		log.Info("slot released while the pre-reboot was under way")
+		return fleetlock.Errorf(fleetlock.KindLockHeld, "the slot was released while this pre-reboot was under way; ask again")
+	case ctx.Err() != nil:
+		return interrupted(ctx, log)
+	}
+	return failure(log, doing, err)
 }
 
 // draining is the drain_in_progress answer: what remains, and what the
 // drainer last found blocking it.
 func (c *Coordinator) draining(log *slog.Logger, p fleetlock.ClientParams, name string, pending drain.Pending) error {
 	msg := pending.String()
-	if n, err := c.nodes.Lookup(p.ID); err == nil && n != nil && n.Annotations[annotations.DrainMessage] != "" {
-		msg += "; " + n.Annotations[annotations.DrainMessage]
+	if pending.Done() {
+		msg = "cordoning"
+	}
+	if found, err := c.nodes.Lookup(p.ID); err == nil && len(found) == 1 && found[0].Annotations[annotations.DrainMessage] != "" {
+		msg += "; " + found[0].Annotations[annotations.DrainMessage]
 	}
 	log.Info("draining", "remaining", len(pending.Pods))
 	return fleetlock.Errorf(fleetlock.KindDrainInProgress, "node %s is draining: %s", name, msg)
@@ -360,51 +483,98 @@ func (c *Coordinator) WakeAll() {
 	}
 }
 
-// SteadyState answers a steady-state: it always answers nil (200) unless the
-// caller's slot could not be released. The release comes first; putting the
-// node back in service (uncordon, status Ready) is best effort after it, and
-// the reconciler finishes what fails here. A node that holds nothing and
-// carries no mark of a reboot cycle costs no API request, unless the caches
-// may be stale (Config.CacheFresh).
+// SteadyState answers a steady-state: it answers nil (200) unless a slot
+// the caller holds could not be released. The release comes first; putting
+// the node back in service (uncordon, status Ready) is best effort after
+// it, and the reconciler finishes what fails here.
+//
+// Inputs and their freshness: the Nodes of the id and the lock cache (both
+// cached) only say where to look: the named group, every group whose cache
+// shows a holder with this id or node, and the group the node's mirror
+// names. Each of those lock objects is read fresh and released by
+// compare-and-swap, so a slot taken a moment ago through another replica is
+// never missed; a holder matches by id, or by its node when the id names
+// exactly one Node (so a changed id or group cannot leak a slot). A
+// steady-state of a host that holds nothing costs one read of its group's
+// lock object.
 func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams) error {
 	log := c.log.With("id", p.ID, "group", p.Group)
-	node, err := c.nodes.Lookup(p.ID)
+	found, err := c.nodes.Lookup(p.ID)
 	if err != nil {
 		log.Warn("looking up the node failed", "err", err)
-		node = nil
+		found = nil
 	}
-	if node != nil {
+	var node *corev1.Node // set when the id names exactly one Node
+	if len(found) == 1 {
+		node = found[0]
 		log = log.With("node", node.Name)
 		if err := c.checkSource(ctx, log, node); err != nil {
 			return err
 		}
 	}
-	inCycle := node != nil && nodes.InCycle(node)
-	stale := c.cfg.CacheFresh != nil && !c.cfg.CacheFresh()
-	if c.lock.Holds(p.Group, p.ID) || inCycle || stale {
-		released, err := c.lock.Release(ctx, p.Group, p.ID)
+	match := func(h lock.Holder) bool {
+		return h.ID == p.ID || (node != nil && h.Node == node.Name && (h.NodeUID == "" || h.NodeUID == node.UID))
+	}
+	var released []lock.Holder
+	for _, group := range c.whereHeld(p.Group, node, match) {
+		gone, err := c.lock.ReleaseMatching(ctx, group, match)
 		if err != nil {
-			return failure(log, "release the reboot slot", err)
+			return failure(log.With("lock_group", group), "release the reboot slot", err)
 		}
-		if released {
-			log.Info("slot released")
+		for _, h := range gone {
+			log.Info("slot released", "lock_group", group, "holder_node", h.Node, "holder_id", h.ID, "phase", h.Stage())
+		}
+		released = append(released, gone...)
+	}
+	finish := map[string]bool{}
+	for _, h := range released {
+		if h.Node != "" {
+			finish[h.Node] = true
 		}
 	}
-	if node != nil && !inCycle && nodes.Waiting(node) {
+	if node != nil && nodes.InCycle(node) {
+		finish[node.Name] = true // no slot held (the fresh reads say so): a leftover of a cycle
+	}
+	for name := range finish {
+		if err := c.nodes.Finish(ctx, name); err != nil {
+			log.Warn("putting the node back in service failed; the reconciler will retry", "finish_node", name, "err", err)
+		} else {
+			log.Info("node back in service", "finish_node", name)
+		}
+	}
+	if node != nil && !finish[node.Name] && nodes.Waiting(node) {
 		// The node went back to steady state without its reboot: it waits
 		// no longer.
 		if err := c.nodes.SetWaiting(ctx, node.Name, ""); err != nil {
 			log.Warn("clearing the waiting mark failed", "err", err)
 		}
 	}
-	if inCycle {
-		if err := c.nodes.Finish(ctx, node.Name); err != nil {
-			log.Warn("putting the node back in service failed; the reconciler will retry", "err", err)
-		} else {
-			log.Info("node back in service")
+	return nil
+}
+
+// whereHeld lists the groups whose lock objects a steady-state must read:
+// the group it names, those where the cache shows a matching holder, and
+// the group the node's mirror names.
+func (c *Coordinator) whereHeld(group string, node *corev1.Node, match func(lock.Holder) bool) []string {
+	out := []string{group}
+	add := func(g string) {
+		if g != "" && fleetlock.ValidGroup(g) && !slices.Contains(out, g) {
+			out = append(out, g)
 		}
 	}
-	return nil
+	if node != nil {
+		add(node.Annotations[annotations.Group])
+	}
+	all, err := c.lock.All()
+	if err != nil {
+		return out
+	}
+	for g, holders := range all {
+		if slices.ContainsFunc(holders, match) {
+			add(g)
+		}
+	}
+	return out
 }
 
 // names lists the holders by node name, or by id for hosts outside the
@@ -471,7 +641,7 @@ func failure(log *slog.Logger, doing string, err error) error {
 	kind := fleetlock.KindInternal
 	var netErr net.Error
 	switch {
-	case errors.Is(err, lock.ErrContention), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+	case errors.Is(err, lock.ErrContention), errors.Is(err, lock.ErrNewerSchema), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
 		errors.As(err, &netErr), apierrors.IsServerTimeout(err), apierrors.IsTimeout(err),
 		apierrors.IsTooManyRequests(err), apierrors.IsServiceUnavailable(err), apierrors.IsInternalError(err):
 		kind = fleetlock.KindUnavailable

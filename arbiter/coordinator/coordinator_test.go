@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -18,54 +19,60 @@ import (
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
 
-// fake records every call by name; the behaviour behind each is set per case.
+// fake is the node directory, drainer, settings and gate around a memLock;
+// it records every call by name.
 type fake struct {
-	calls      []string
-	node       *corev1.Node
-	holds      bool
-	acquire    lock.Result
-	acquireErr error
-	releaseErr error
-	pending    drain.Pending
-	finishErr  error
-	gateErr    error
+	memLock
+	found     []*corev1.Node // what Lookup returns (the cache)
+	cordoned  bool           // what Fresh returns (the API server)
+	pending   drain.Pending
+	finishErr error
+	gateErr   error
+	notReady  error
 }
 
-func (f *fake) call(s string) { f.calls = append(f.calls, s) }
+func (f *fake) call(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.Unlock() }
 
-func (f *fake) Lookup(string) (*corev1.Node, error) { return f.node, nil }
-func (f *fake) StartDrain(context.Context, string, string) error {
+func (f *fake) Lookup(string) ([]*corev1.Node, error) { return f.found, nil }
+func (f *fake) Fresh(_ context.Context, name string) (*corev1.Node, error) {
+	f.call("Fresh")
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{Unschedulable: f.cordoned},
+		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: "boot-1"}}}, nil
+}
+func (f *fake) StartDrain(context.Context, *corev1.Node, string) error {
 	f.call("StartDrain")
+	f.cordoned = true
 	return nil
 }
-func (f *fake) MarkRebooting(context.Context, string) error { f.call("MarkRebooting"); return nil }
+func (f *fake) MarkRebooting(context.Context, string, string) error {
+	f.call("MarkRebooting")
+	return nil
+}
 func (f *fake) SetWaiting(_ context.Context, _, reason string) error {
 	f.call("SetWaiting(" + reason + ")")
 	return nil
 }
-func (f *fake) Finish(context.Context, string) error { f.call("Finish"); return f.finishErr }
-func (f *fake) Acquire(context.Context, string, lock.Holder, lock.Limits) (lock.Result, error) {
-	f.call("Acquire")
-	return f.acquire, f.acquireErr
+func (f *fake) Finish(_ context.Context, name string) error {
+	f.call("Finish(" + name + ")")
+	return f.finishErr
 }
-func (f *fake) Release(context.Context, string, string) (bool, error) {
-	f.call("Release")
-	return f.releaseErr == nil, f.releaseErr
+func (f *fake) Event(_ *corev1.Node, _, reason, _ string, _ ...any) {
+	f.call("Event(" + reason + ")")
 }
-func (f *fake) Holds(string, string) bool   { return f.holds }
-func (f *fake) Cached(string) []lock.Holder { return f.acquire.Holders }
 func (f *fake) Pending(context.Context, string) (drain.Pending, error) {
 	f.call("Pending")
 	return f.pending, nil
 }
 func (f *fake) Enqueue(string)             { f.call("Enqueue") }
 func (f *fake) For(string) groups.Settings { return groups.Settings{Slots: 1} }
+func (f *fake) Ready() error               { return f.notReady }
 func (f *fake) Check(context.Context, string, groups.Settings, string) error {
 	f.call("Check")
 	return f.gateErr
 }
-func node(status string) *corev1.Node {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{}}}
+
+func node(name string, status string) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{}}}
 	if status != "" {
 		n.Annotations[annotations.Status] = status
 	}
@@ -73,46 +80,106 @@ func node(status string) *corev1.Node {
 }
 
 func waiting() *corev1.Node {
-	n := node(annotations.StatusReady)
+	n := node("n1", annotations.StatusReady)
 	n.Annotations[annotations.Waiting] = "group full"
 	return n
 }
 
+func holding(id, node string, phase lock.Phase) []lock.Holder {
+	return []lock.Holder{{ID: id, Node: node, Phase: phase, Since: time.Unix(1, 0)}}
+}
+
+var onePod = drain.Pending{Pods: []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p"}}}}
+
+// TestDecide covers every combination of the decision's fresh inputs.
+func TestDecide(t *testing.T) {
+	phases := []lock.Phase{"", lock.PhaseTaken, lock.PhaseDraining, lock.PhaseApproved}
+	pendings := map[string]drain.Pending{
+		"empty": {}, "pods": onePod, "unevictable": {Problems: []string{"no controller"}},
+	}
+	want := func(p lock.Phase, cordoned bool, pods string) step {
+		switch {
+		case !cordoned:
+			return stepCordon
+		case pods != "empty" && p == lock.PhaseDraining:
+			return stepWait
+		case pods != "empty":
+			return stepCordon
+		case p == lock.PhaseApproved:
+			return stepConfirm
+		}
+		return stepApprove
+	}
+	approvals := 0
+	for _, p := range phases {
+		for _, cordoned := range []bool{false, true} {
+			for name, pending := range pendings {
+				got := decide(lock.Holder{Phase: p}, cordoned, pending)
+				if w := want(p, cordoned, name); got != w {
+					t.Errorf("decide(phase %q, cordoned %v, %s) = %s, want %s", p, cordoned, name, got, w)
+				}
+				if got == stepApprove || got == stepConfirm {
+					approvals++
+					if !cordoned || !pending.Done() {
+						t.Errorf("decide(phase %q, cordoned %v, %s) = %s: a 200 for a node not cordoned and empty", p, cordoned, name, got)
+					}
+				}
+			}
+		}
+	}
+	if approvals != len(phases) {
+		t.Errorf("%d combinations answer 200, want %d (cordoned and empty, one per phase)", approvals, len(phases))
+	}
+}
+
 func TestPreReboot(t *testing.T) {
-	granted := lock.Result{Granted: true, Changed: true}
+	n1 := node("n1", "")
 	tests := []struct {
 		name      string
-		f         fake
+		f         *fake
 		allow     bool
 		wantKind  fleetlock.Kind // "" for approved
 		wantValue string
 		wantCalls string
+		wantPhase lock.Phase // of id's holding afterwards; "" for none
 	}{
-		{"unknown node", fake{}, false, fleetlock.KindUnknownNode, "deploy the reboot-manager agent", ""},
-		{"unknown node allowed: semaphore only", fake{acquire: granted}, true, "", "", "Check Acquire"},
-		{"group full", fake{node: node(""), acquire: lock.Result{Holders: []lock.Holder{{ID: "x", Node: "n9"}}}}, false,
-			fleetlock.KindLockHeld, "n9", `Check Acquire SetWaiting(group "g" is full: 1 of 1 slots held by n9)`},
-		{"minimum gap", fake{node: node(""), acquire: lock.Result{GapLeft: time.Minute}}, false,
-			fleetlock.KindMinGap, "next in 1m0s", `Check Acquire SetWaiting(group "g" waits out its minimum gap of 0s)`},
-		{"gate refuses: no slot taken", fake{node: node(""), gateErr: fleetlock.Errorf(fleetlock.KindPaused, "paused")}, false,
-			fleetlock.KindPaused, "paused", "Check SetWaiting(paused)"},
-		{"gate cannot list pods: fails closed", fake{node: node(""), gateErr: errors.New("apiserver down")}, false,
-			fleetlock.KindInternal, "apiserver down", "Check"},
-		{"gate skipped for a node mid-cycle", fake{node: node(annotations.StatusDraining), acquire: granted, gateErr: errors.New("x")}, false,
-			"", "", "Acquire StartDrain Pending MarkRebooting"},
-		{"lock contention fails closed", fake{node: node(""), acquireErr: lock.ErrContention}, false, fleetlock.KindUnavailable, "", "Check Acquire"},
-		{"lock error", fake{node: node(""), acquireErr: errors.New("boom")}, false, fleetlock.KindInternal, "boom", "Check Acquire"},
-		{"pods remain", fake{node: node(""), acquire: granted, pending: drain.Pending{Pods: []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p"}}}}},
-			false, fleetlock.KindDrainInProgress, "1 pods remain: a/p", "Check Acquire StartDrain Pending Enqueue"},
-		{"unevictable pod blocks", fake{node: node(""), acquire: granted, pending: drain.Pending{Problems: []string{"no controller: a/p"}}},
-			false, fleetlock.KindDrainInProgress, "no controller", "Check Acquire StartDrain Pending Enqueue"},
-		{"drained", fake{node: node(""), acquire: granted}, false, "", "", "Check Acquire StartDrain Pending MarkRebooting"},
-		{"already approved", fake{node: node(annotations.StatusRebooting), acquire: lock.Result{Granted: true}}, false, "", "", "Acquire"},
+		{"settings not read: 503", &fake{notReady: errors.New("no ConfigMap")}, false, fleetlock.KindUnavailable, "no ConfigMap", "", ""},
+		{"unknown node", &fake{}, false, fleetlock.KindUnknownNode, "deploy the reboot-manager agent", "", ""},
+		{"unknown node allowed: semaphore only", &fake{}, true, "", "", "Acquire Check", lock.PhaseTaken},
+		{"group full", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("x", "n9", lock.PhaseDraining)}}, false,
+			fleetlock.KindLockHeld, "n9", `Acquire Check SetWaiting(group "g" is full: 1 of 1 slots held by n9)`, ""},
+		{"gate refuses: no slot taken", &fake{found: []*corev1.Node{n1}, gateErr: fleetlock.Errorf(fleetlock.KindPaused, "paused")}, false,
+			fleetlock.KindPaused, "paused", "Acquire Check SetWaiting(paused)", ""},
+		{"gate cannot list pods: fails closed", &fake{found: []*corev1.Node{n1}, gateErr: errors.New("apiserver down")}, false,
+			fleetlock.KindInternal, "apiserver down", "Acquire Check", ""},
+		{"holder: gate skipped on the fresh lock", &fake{found: []*corev1.Node{n1}, cordoned: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, gateErr: errors.New("x")}, false,
+			"", "", "Acquire Fresh Pending Advance(Approved) MarkRebooting", lock.PhaseApproved},
+		{"lock contention fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrContention}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
+		{"newer lock schema fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrNewerSchema}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
+		{"lock error", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: errors.New("boom")}}, false, fleetlock.KindInternal, "boom", "Acquire", ""},
+		{"new holder, pods remain: cordon, drain", &fake{found: []*corev1.Node{n1}, pending: onePod}, false, fleetlock.KindDrainInProgress, "1 pods remain: a/p",
+			"Acquire Check Fresh StartDrain Advance(Draining) Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+		{"unevictable pod blocks", &fake{found: []*corev1.Node{n1}, pending: drain.Pending{Problems: []string{"no controller: a/p"}}},
+			false, fleetlock.KindDrainInProgress, "no controller", "Acquire Check Fresh StartDrain Advance(Draining) Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+		{"new holder of an empty node is cordoned before the approval", &fake{found: []*corev1.Node{n1}}, false, "", "",
+			"Acquire Check Fresh StartDrain Advance(Draining) Enqueue Fresh Pending Advance(Approved) MarkRebooting", lock.PhaseApproved},
+		{"stale node mirror says Rebooting, new holder: still drained", &fake{found: []*corev1.Node{node("n1", annotations.StatusRebooting)}, pending: onePod}, false,
+			fleetlock.KindDrainInProgress, "a/p", "Acquire Check Fresh StartDrain Advance(Draining) Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+		{"approved, still cordoned and empty: 200, no write", &fake{found: []*corev1.Node{n1}, cordoned: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, false,
+			"", "", "Acquire Fresh Pending", lock.PhaseApproved},
+		{"approved, uncordoned by hand: drained again", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, pending: onePod}, false,
+			fleetlock.KindDrainInProgress, "a/p", "Acquire Fresh StartDrain Advance(Draining) Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+		{"ambiguous id, no slot: refused, both named", &fake{found: []*corev1.Node{n1, node("n2", "")}}, false,
+			fleetlock.KindAmbiguousID, "n1, n2", "Get Event(AmbiguousZincatiID) Event(AmbiguousZincatiID)", ""},
+		{"ambiguous id holding a slot: the lock object's node", &fake{found: []*corev1.Node{n1, node("n2", "")}, cordoned: true, memLock: memLock{holders: holding("id", "n2", lock.PhaseDraining)}}, false,
+			"", "", "Get Acquire Fresh Pending Advance(Approved) MarkRebooting", lock.PhaseApproved},
+		{"slot held for another node than the id names now", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n2", lock.PhaseDraining)}}, false,
+			fleetlock.KindAmbiguousID, "n2", "Acquire", lock.PhaseDraining},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(Deps{&f, &f, &f, &f, &f}, Config{AllowUnknownNodes: tt.allow}, nil, slog.New(slog.DiscardHandler))
+			c := New(Deps{f, f, f, f, f}, Config{AllowUnknownNodes: tt.allow}, nil, slog.New(slog.DiscardHandler))
 			err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if tt.wantKind == "" && err != nil {
 				t.Fatalf("PreReboot = %v, want approval", err)
@@ -123,36 +190,83 @@ func TestPreReboot(t *testing.T) {
 			if got := strings.Join(f.calls, " "); got != tt.wantCalls {
 				t.Errorf("calls = %q, want %q", got, tt.wantCalls)
 			}
+			var phase lock.Phase
+			for _, h := range f.holders {
+				if h.ID == "id" {
+					phase = h.Stage()
+				}
+			}
+			if phase != tt.wantPhase {
+				t.Errorf("phase afterwards = %q, want %q", phase, tt.wantPhase)
+			}
 		})
 	}
 }
 
+// TestReleasedWhileWaiting: a slot released while its pre-reboot waits for
+// the drain is never approved.
+func TestReleasedWhileWaiting(t *testing.T) {
+	f := &fake{found: []*corev1.Node{node("n1", "")}, pending: onePod}
+	c := New(Deps{f, f, f, f, f}, Config{MaxWait: time.Minute, DrainPoll: 5 * time.Millisecond}, nil, slog.New(slog.DiscardHandler))
+	done := make(chan error, 1)
+	go func() { done <- c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"}) }()
+	for len(f.Cached("g")) == 0 || f.Cached("g")[0].Stage() != lock.PhaseDraining {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := f.ReleaseMatching(context.Background(), "g", func(lock.Holder) bool { return true }); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.pending = drain.Pending{}
+	f.mu.Unlock()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("approved after its slot was released")
+		}
+		if !fleetlock.IsKind(err, fleetlock.KindLockHeld) {
+			t.Errorf("answer = %v, want lock_held", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer")
+	}
+}
+
 func TestSteadyState(t *testing.T) {
+	n1 := node("n1", "")
+	other := func(g string) []lock.Holder { return holding("other-id", "n1", lock.PhaseApproved) }
 	tests := []struct {
 		name      string
-		f         fake
+		f         *fake
 		wantKind  fleetlock.Kind
 		wantCalls string
+		wantLeft  int
 	}{
-		{"ready non-holder: nothing to do", fake{node: node(annotations.StatusReady)}, "", ""},
-		{"waiting non-holder: the mark goes", fake{node: waiting()}, "", "SetWaiting()"},
-		{"unknown non-holder", fake{}, "", ""},
-		{"holder with unknown node releases", fake{holds: true}, "", "Release"},
-		{"holder releases then finishes", fake{holds: true, node: node(annotations.StatusRebooting)}, "", "Release Finish"},
-		{"node in cycle, stale cache: release anyway", fake{node: node(annotations.StatusDraining)}, "", "Release Finish"},
-		{"release fails: not 200", fake{holds: true, node: node(annotations.StatusRebooting), releaseErr: errors.New("down")}, fleetlock.KindInternal, "Release"},
-		{"finish fails after release: still 200", fake{holds: true, node: node(annotations.StatusRebooting), finishErr: errors.New("down")}, "", "Release Finish"},
+		{"ready non-holder: one fresh read, nothing else", &fake{found: []*corev1.Node{node("n1", annotations.StatusReady)}}, "", "ReleaseMatching", 0},
+		{"waiting non-holder: the mark goes", &fake{found: []*corev1.Node{waiting()}}, "", "ReleaseMatching SetWaiting()", 0},
+		{"unknown non-holder", &fake{}, "", "ReleaseMatching", 0},
+		{"holder with unknown node releases", &fake{memLock: memLock{holders: holding("id", "", lock.PhaseApproved)}}, "", "ReleaseMatching", 0},
+		{"holder releases then finishes", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, "", "ReleaseMatching Finish(n1)", 0},
+		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "ReleaseMatching Finish(n1)", 0},
+		{"ambiguous id: only the id's own holding", &fake{found: []*corev1.Node{n1, node("n2", "")}, memLock: memLock{holders: append(holding("id", "n2", lock.PhaseApproved), holding("x", "n1", lock.PhaseDraining)...)}},
+			"", "ReleaseMatching Finish(n2)", 1},
+		{"node mirror in cycle, nothing held: finished", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}}, "", "ReleaseMatching Finish(n1)", 0},
+		{"release fails: not 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), err: errors.New("down")}}, fleetlock.KindInternal, "ReleaseMatching", 1},
+		{"finish fails after release: still 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, finishErr: errors.New("down")}, "", "ReleaseMatching Finish(n1)", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(Deps{&f, &f, &f, &f, &f}, Config{}, nil, slog.New(slog.DiscardHandler))
+			c := New(Deps{f, f, f, f, f}, Config{}, nil, slog.New(slog.DiscardHandler))
 			err := c.SteadyState(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if (tt.wantKind == "") != (err == nil) || (err != nil && !fleetlock.IsKind(err, tt.wantKind)) {
 				t.Fatalf("SteadyState = %v, want kind %q", err, tt.wantKind)
 			}
 			if got := strings.Join(f.calls, " "); got != tt.wantCalls {
 				t.Errorf("calls = %q, want %q", got, tt.wantCalls)
+			}
+			if left := len(f.holders); left != tt.wantLeft {
+				t.Errorf("holders left = %d (%s), want %d", left, fmt.Sprint(f.holders), tt.wantLeft)
 			}
 		})
 	}

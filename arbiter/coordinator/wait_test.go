@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"sync"
@@ -23,38 +24,90 @@ type memLock struct {
 	mu       sync.Mutex
 	holders  []lock.Holder
 	onChange func()
+	calls    []string // the writes and fresh reads, in order
+	err      error    // returned by every fresh call when set
 }
 
-func (m *memLock) Acquire(_ context.Context, _ string, h lock.Holder, lim lock.Limits) (lock.Result, error) {
-	slots := lim.Slots
-	m.mu.Lock()
-	if slices.ContainsFunc(m.holders, func(x lock.Holder) bool { return x.ID == h.ID }) {
-		defer m.mu.Unlock()
-		return lock.Result{Granted: true, Holders: slices.Clone(m.holders)}, nil
+func (m *memLock) changed() {
+	if m.onChange != nil {
+		go m.onChange()
 	}
-	if len(m.holders) >= slots {
+}
+
+func (m *memLock) Acquire(_ context.Context, _ string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error) {
+	m.mu.Lock()
+	m.calls = append(m.calls, "Acquire")
+	if m.err != nil {
+		defer m.mu.Unlock()
+		return lock.Result{}, m.err
+	}
+	if i := slices.IndexFunc(m.holders, func(x lock.Holder) bool { return x.ID == h.ID }); i >= 0 {
+		defer m.mu.Unlock()
+		return lock.Result{Granted: true, Holder: m.holders[i], Holders: slices.Clone(m.holders)}, nil
+	}
+	m.mu.Unlock()
+	if admit != nil {
+		if err := admit(); err != nil {
+			return lock.Result{}, err
+		}
+	}
+	m.mu.Lock()
+	if len(m.holders) >= lim.Slots {
 		defer m.mu.Unlock()
 		return lock.Result{Holders: slices.Clone(m.holders)}, nil
 	}
+	h.Phase, h.Since = lock.PhaseTaken, time.Unix(1, 0)
 	m.holders = append(m.holders, h)
-	res := lock.Result{Granted: true, Changed: true, Holders: slices.Clone(m.holders)}
+	res := lock.Result{Granted: true, Changed: true, Holder: h, Holders: slices.Clone(m.holders)}
 	m.mu.Unlock()
-	go m.onChange()
+	m.changed()
 	return res, nil
 }
 
-func (m *memLock) Release(_ context.Context, _, id string) (bool, error) {
+func (m *memLock) Get(context.Context, string) (lock.Object, error) {
 	m.mu.Lock()
-	n := len(m.holders)
-	m.holders = slices.DeleteFunc(m.holders, func(x lock.Holder) bool { return x.ID == id })
-	released := len(m.holders) < n
-	m.mu.Unlock()
-	go m.onChange()
-	return released, nil
+	defer m.mu.Unlock()
+	m.calls = append(m.calls, "Get")
+	return lock.Object{Holders: slices.Clone(m.holders)}, m.err
 }
 
-func (m *memLock) Holds(_, id string) bool {
-	return slices.ContainsFunc(m.Cached(""), func(x lock.Holder) bool { return x.ID == id })
+func (m *memLock) Advance(_ context.Context, _, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil {
+		return lock.Holder{}, m.err
+	}
+	i := slices.IndexFunc(m.holders, func(x lock.Holder) bool { return x.ID == id && x.Since.Equal(since) })
+	if i < 0 {
+		return lock.Holder{}, lock.ErrNotHolder
+	}
+	h := m.holders[i]
+	change(&h)
+	if h.Phase != m.holders[i].Phase {
+		m.calls = append(m.calls, "Advance("+string(h.Phase)+")")
+	}
+	m.holders[i] = h
+	return h, nil
+}
+
+func (m *memLock) ReleaseMatching(_ context.Context, _ string, match func(lock.Holder) bool) ([]lock.Holder, error) {
+	m.mu.Lock()
+	m.calls = append(m.calls, "ReleaseMatching")
+	if m.err != nil {
+		defer m.mu.Unlock()
+		return nil, m.err
+	}
+	var gone []lock.Holder
+	m.holders = slices.DeleteFunc(m.holders, func(x lock.Holder) bool {
+		if match(x) {
+			gone = append(gone, x)
+			return true
+		}
+		return false
+	})
+	m.mu.Unlock()
+	m.changed()
+	return gone, nil
 }
 
 func (m *memLock) Cached(string) []lock.Holder {
@@ -63,21 +116,30 @@ func (m *memLock) Cached(string) []lock.Holder {
 	return slices.Clone(m.holders)
 }
 
+func (m *memLock) All() (map[string][]lock.Holder, error) {
+	return map[string][]lock.Holder{"g": m.Cached("g")}, nil
+}
+
 // noNodes has no Nodes: with AllowUnknownNodes the coordinator is a plain
 // semaphore, which is what the queue is about.
 type noNodes struct{}
 
-func (noNodes) Lookup(string) (*corev1.Node, error)                    { return nil, nil }
-func (noNodes) StartDrain(context.Context, string, string) error       { return nil }
-func (noNodes) MarkRebooting(context.Context, string) error            { return nil }
+func (noNodes) Lookup(string) ([]*corev1.Node, error) { return nil, nil }
+func (noNodes) Fresh(context.Context, string) (*corev1.Node, error) {
+	return nil, errors.New("no nodes")
+}
+func (noNodes) StartDrain(context.Context, *corev1.Node, string) error { return nil }
+func (noNodes) MarkRebooting(context.Context, string, string) error    { return nil }
 func (noNodes) SetWaiting(context.Context, string, string) error       { return nil }
 func (noNodes) Finish(context.Context, string) error                   { return nil }
+func (noNodes) Event(*corev1.Node, string, string, string, ...any)     {}
 func (noNodes) Pending(context.Context, string) (drain.Pending, error) { return drain.Pending{}, nil }
 func (noNodes) Enqueue(string)                                         {}
 
 type oneSlot struct{}
 
 func (oneSlot) For(string) groups.Settings { return groups.Settings{Slots: 1} }
+func (oneSlot) Ready() error               { return nil }
 func (oneSlot) Check(context.Context, string, groups.Settings, string) error {
 	return nil
 }
@@ -129,7 +191,7 @@ func TestWaitersServedInOrder(t *testing.T) {
 	chans := []<-chan error{a, b, d}
 	prev := "x"
 	for i, id := range order {
-		if _, err := m.Release(ctx, "g", prev); err != nil {
+		if _, err := m.ReleaseMatching(ctx, "g", func(h lock.Holder) bool { return h.ID == prev }); err != nil {
 			t.Fatal(err)
 		}
 		if err := answer(t, chans[i]); err != nil {
@@ -197,13 +259,13 @@ func TestLeavingWaiterPassesTurnOn(t *testing.T) {
 	b := ask(t, bg, c, "b")
 	// x's release wakes a, which leaves at the same instant.
 	cancelA()
-	if _, err := m.Release(bg, "g", "x"); err != nil {
+	if _, err := m.ReleaseMatching(bg, "g", func(h lock.Holder) bool { return h.ID == "x" }); err != nil {
 		t.Fatal(err)
 	}
 	if errA := answer(t, a); errA == nil {
 		// a won the race to the slot before seeing its cancellation; then b
 		// waits for a's release.
-		if _, err := m.Release(bg, "g", "a"); err != nil {
+		if _, err := m.ReleaseMatching(bg, "g", func(h lock.Holder) bool { return h.ID == "a" }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -235,14 +297,28 @@ type drainingNode struct {
 	mu        sync.Mutex
 	looks     int
 	emptyAt   int
+	cordoned  bool
 	rebooting bool
 }
 
-func (d *drainingNode) Lookup(string) (*corev1.Node, error) {
-	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, nil
+func (d *drainingNode) Lookup(string) ([]*corev1.Node, error) {
+	return []*corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}}, nil
 }
 
-func (d *drainingNode) MarkRebooting(context.Context, string) error {
+func (d *drainingNode) Fresh(context.Context, string) (*corev1.Node, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{Unschedulable: d.cordoned}}, nil
+}
+
+func (d *drainingNode) StartDrain(context.Context, *corev1.Node, string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cordoned = true
+	return nil
+}
+
+func (d *drainingNode) MarkRebooting(context.Context, string, string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.rebooting = true

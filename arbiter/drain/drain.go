@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	kubectldrain "k8s.io/kubectl/pkg/drain"
 
-	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 )
 
 // Config tunes the drain.
@@ -57,6 +57,16 @@ type Nodes interface {
 	Get(name string) (*corev1.Node, error)
 	SetDrainMessage(ctx context.Context, name, msg string) error
 	Event(n *corev1.Node, eventType, reason, format string, args ...any)
+}
+
+// Cycle says which nodes are to be emptied: those whose slot holder is in
+// the Draining phase. Both read the lock objects fresh, never a cache, so a
+// node whose slot was released is never evicted on a stale word.
+type Cycle interface {
+	// Draining returns the node's holder when it is Draining.
+	Draining(ctx context.Context, node string) (group string, h lock.Holder, ok bool, err error)
+	// DrainingNodes lists every node whose holder is Draining.
+	DrainingNodes(ctx context.Context) ([]string, error)
 }
 
 // Pending is what stands between a node and its reboot.
@@ -98,43 +108,51 @@ func (p Pending) String() string {
 	return s
 }
 
-// Drainer evicts the pods of nodes marked Draining.
+// Drainer evicts the pods of nodes whose slot holder is Draining.
 type Drainer struct {
 	client kubernetes.Interface
 	nodes  Nodes
+	cycle  Cycle
 	cfg    Config
 	log    *slog.Logger
-	queue  workqueue.TypedRateLimitingInterface[string]
 	now    func() time.Time
 
 	mu       sync.Mutex
-	reported map[string]string                  // node → the last state reported by Event
-	since    map[string]map[types.UID]time.Time // node → pod → when the drain first met it
+	queue    workqueue.TypedRateLimitingInterface[string] // nil between Runs
+	reported map[string]string                            // node → the last state reported by Event
+	since    map[string]map[types.UID]time.Time           // node → pod → when the drain first met it
 }
 
 // New returns a Drainer. Call Run to start it.
-func New(client kubernetes.Interface, nodes Nodes, cfg Config, log *slog.Logger) *Drainer {
+func New(client kubernetes.Interface, nodes Nodes, cycle Cycle, cfg Config, log *slog.Logger) *Drainer {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 10
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[string](250*time.Millisecond, 10*time.Second)
 	return &Drainer{
 		client:   client,
 		nodes:    nodes,
+		cycle:    cycle,
 		cfg:      cfg,
 		log:      log,
-		queue:    workqueue.NewTypedRateLimitingQueueWithConfig(limiter, workqueue.TypedRateLimitingQueueConfig[string]{Name: "drain"}),
 		now:      time.Now,
 		reported: map[string]string{},
 		since:    map[string]map[types.UID]time.Time{},
 	}
 }
 
-// Enqueue asks for a drain pass over the node.
-func (d *Drainer) Enqueue(node string) { d.queue.Add(node) }
+// Enqueue asks for a drain pass over the node. Between runs (this replica
+// does not lead) it does nothing: the next run starts from the lock objects.
+func (d *Drainer) Enqueue(node string) {
+	d.mu.Lock()
+	q := d.queue
+	d.mu.Unlock()
+	if q != nil {
+		q.Add(node)
+	}
+}
 
 // Pending lists, fresh from the API server, the pods that must still leave
 // the node before it may reboot.
@@ -166,41 +184,63 @@ func skipTerminal(pod corev1.Pod) kubectldrain.PodDeleteStatus {
 	return kubectldrain.MakePodDeleteStatusOkay()
 }
 
-// Run processes the queue with the given number of workers until ctx ends.
+// Run drains with the given number of workers until ctx ends, and returns
+// once they have stopped. Each Run has a queue of its own, so the drainer
+// can run again after a leadership term ends; it starts from every node the
+// lock objects show Draining.
 func (d *Drainer) Run(ctx context.Context, workers int) {
-	go func() {
-		<-ctx.Done()
-		d.queue.ShutDown()
+	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[string](250*time.Millisecond, 10*time.Second)
+	q := workqueue.NewTypedRateLimitingQueueWithConfig(limiter, workqueue.TypedRateLimitingQueueConfig[string]{})
+	d.mu.Lock()
+	d.queue = q
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		if d.queue == q {
+			d.queue = nil
+		}
+		d.mu.Unlock()
 	}()
+	stop := context.AfterFunc(ctx, q.ShutDown)
+	defer stop()
+	if names, err := d.cycle.DrainingNodes(ctx); err != nil {
+		d.log.Warn("listing the nodes to drain failed; waiting for requests and lock changes", "err", err)
+	} else {
+		for _, n := range names {
+			q.Add(n)
+		}
+	}
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			for d.next(ctx) {
+			for d.next(ctx, q) {
 			}
 		})
 	}
 	wg.Wait()
 }
 
-func (d *Drainer) next(ctx context.Context) bool {
-	name, quit := d.queue.Get()
+func (d *Drainer) next(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) bool {
+	name, quit := q.Get()
 	if quit {
 		return false
 	}
-	defer d.queue.Done(name)
+	defer q.Done(name)
 	res, err := d.sync(ctx, name)
 	switch {
+	case ctx.Err() != nil:
+		q.Forget(name)
 	case err != nil:
 		d.log.Warn("drain pass failed", "node", name, "err", err)
-		d.queue.AddRateLimited(name)
+		q.AddRateLimited(name)
 	case res == progressed:
 		// Pods are leaving: look again soon, and start the backoff afresh.
-		d.queue.Forget(name)
-		d.queue.AddAfter(name, ProgressDelay)
+		q.Forget(name)
+		q.AddAfter(name, ProgressDelay)
 	case res == stalled:
-		d.queue.AddRateLimited(name)
+		q.AddRateLimited(name)
 	default:
-		d.queue.Forget(name)
+		q.Forget(name)
 	}
 	return true
 }
@@ -222,6 +262,14 @@ const (
 // sync makes one pass over a node: it evicts what can go now and reports
 // whether another pass is needed.
 func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
+	group, holder, ok, err := d.cycle.Draining(ctx, name)
+	if err != nil {
+		return finished, err
+	}
+	if !ok {
+		d.forget(name)
+		return finished, nil
+	}
 	node, err := d.nodes.Get(name)
 	if apierrors.IsNotFound(err) {
 		d.forget(name)
@@ -230,11 +278,7 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 	if err != nil {
 		return finished, err
 	}
-	if node.Annotations[annotations.Status] != annotations.StatusDraining {
-		d.forget(name)
-		return finished, nil
-	}
-	log := d.log.With("node", name, "group", node.Annotations[annotations.Group])
+	log := d.log.With("node", name, "group", group, "id", holder.ID)
 	pending, err := d.Pending(ctx, name)
 	if err != nil {
 		return finished, err
@@ -261,7 +305,7 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 	}
 	msg := strings.Join(blocked, "; ")
 	if d.cfg.Timeout > 0 {
-		if since, err := time.Parse(time.RFC3339, node.Annotations[annotations.Since]); err == nil && d.now().Sub(since) > d.cfg.Timeout {
+		if d.now().Sub(holder.Since) > d.cfg.Timeout {
 			msg = strings.TrimSuffix(fmt.Sprintf("drain running for over %s; %s", d.cfg.Timeout, msg), "; ")
 			if d.report(name+"/timeout", "timeout") {
 				log.Warn("drain is taking longer than the timeout", "timeout", d.cfg.Timeout, "pending", pending.String())

@@ -260,35 +260,66 @@ func (p window) open(t time.Time) bool {
 }
 
 // Store is the current configuration, safe for concurrent use. Feed it from
-// a ConfigMap informer with Set.
+// a ConfigMap informer with Set. It fails closed: until a valid ConfigMap
+// has been read, Ready returns an error (a paused group must never resume
+// because its settings could not be read); after that, a deleted or
+// malformed ConfigMap keeps the last good configuration.
 type Store struct {
-	mu  sync.RWMutex
-	cfg Config
-	err error
+	name    string
+	metrics *Metrics
+
+	mu     sync.RWMutex
+	cfg    Config
+	loaded bool
+	err    error
 }
 
-// NewStore returns a Store holding Default.
-func NewStore() *Store { return &Store{cfg: Default()} }
+// NewStore returns a Store for the ConfigMap namespace/name that reports to
+// m (nil: unregistered metrics).
+func NewStore(namespace, name string, m *Metrics) *Store {
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Store{name: namespace + "/" + name, metrics: m}
+}
 
-// Set replaces the configuration from a ConfigMap, or with Default when cm
-// is nil (deleted). A malformed ConfigMap keeps the last good configuration
-// and is reported by Err.
+// Set replaces the configuration from a ConfigMap; nil means it was
+// deleted. A deleted or malformed ConfigMap keeps the last good
+// configuration and is reported by Err and the metrics.
 func (s *Store) Set(cm *corev1.ConfigMap) error {
-	cfg := Default()
-	var err error
+	var cfg Config
+	err := fmt.Errorf("ConfigMap %s was deleted", s.name)
 	if cm != nil {
 		cfg, err = Parse(cm)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.err = err
-	if err == nil {
-		s.cfg = cfg
+	if err != nil {
+		s.metrics.rejected.Inc()
+		return err
 	}
-	return err
+	s.cfg, s.loaded = cfg, true
+	s.metrics.valid.Set(1)
+	return nil
 }
 
-// For returns a group's current settings.
+// Ready returns nil once a valid configuration was read, or says why none
+// has been.
+func (s *Store) Ready() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	switch {
+	case s.loaded:
+		return nil
+	case s.err != nil:
+		return fmt.Errorf("the groups ConfigMap %s is not valid: %w", s.name, s.err)
+	default:
+		return fmt.Errorf("the groups ConfigMap %s does not exist; create it (deploy/ ships one)", s.name)
+	}
+}
+
+// For returns a group's current settings; zero slots until Ready.
 func (s *Store) For(group string) Settings {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

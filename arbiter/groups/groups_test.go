@@ -18,7 +18,7 @@ func TestStore(t *testing.T) {
 		want    int
 		wantErr bool
 	}{
-		{"no configmap", nil, "any", 1, false},
+		{"deleted keeps last", nil, "any", 5, true},
 		{"no key", &corev1.ConfigMap{}, "any", 1, false},
 		{"default slots", cm("defaults: {slots: 3}"), "any", 3, false},
 		{"group slots", cm("groups: {workers: {slots: 2}}"), "workers", 2, false},
@@ -31,7 +31,7 @@ func TestStore(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := NewStore()
+			s := NewStore("ns", "groups", nil)
 			if err := s.Set(cm("defaults: {slots: 5}")); err != nil {
 				t.Fatal(err)
 			}
@@ -41,6 +41,37 @@ func TestStore(t *testing.T) {
 			}
 			if got := s.For(tt.group).Slots; got != tt.want {
 				t.Errorf("For(%q).Slots = %d, want %d", tt.group, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestStoreFailsClosed: until a valid ConfigMap was read, the store is not
+// ready, whatever it was fed.
+func TestStoreFailsClosed(t *testing.T) {
+	tests := []struct {
+		name  string
+		feed  []*corev1.ConfigMap
+		ready bool
+	}{
+		{"nothing read", nil, false},
+		{"absent", []*corev1.ConfigMap{nil}, false},
+		{"invalid", []*corev1.ConfigMap{{Data: map[string]string{ConfigKey: "defaults: ["}}}, false},
+		{"valid", []*corev1.ConfigMap{{Data: map[string]string{ConfigKey: "groups: {db: {paused: true}}"}}}, true},
+		{"valid then deleted", []*corev1.ConfigMap{{Data: map[string]string{ConfigKey: "groups: {db: {paused: true}}"}}, nil}, true},
+		{"invalid then valid", []*corev1.ConfigMap{{Data: map[string]string{ConfigKey: "x: 1"}}, {}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := NewStore("ns", "groups", nil)
+			for _, cm := range tt.feed {
+				_ = s.Set(cm)
+			}
+			if err := s.Ready(); (err == nil) != tt.ready {
+				t.Fatalf("Ready() = %v, want ready %v", err, tt.ready)
+			}
+			if tt.ready && tt.name != "invalid then valid" && !s.For("db").Paused {
+				t.Error("db is not paused: the last good settings were lost")
 			}
 		})
 	}

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -34,25 +33,6 @@ const MaxAttempts = 8
 // their race. Nothing was changed; the caller may try again.
 var ErrContention = errors.New("lock object changed under every attempt")
 
-// Holder is one holder of a slot.
-type Holder struct {
-	// ID is the Zincati id that took the slot.
-	ID string `json:"id"`
-	// Node is the Node the id mapped to, if any.
-	Node string `json:"node,omitempty"`
-	// Since is when the slot was taken.
-	Since time.Time `json:"since"`
-}
-
-// Who names the holder for people: its node, or "id <ID>" for a host
-// outside the cluster.
-func (h Holder) Who() string {
-	if h.Node != "" {
-		return h.Node
-	}
-	return "id " + h.ID
-}
-
 // Result is the outcome of Acquire.
 type Result struct {
 	// Granted is true when the caller holds a slot.
@@ -60,6 +40,8 @@ type Result struct {
 	// Changed is true when this call took the slot (false when the caller
 	// already held it, or when it was denied).
 	Changed bool
+	// Holder is the caller's record after the call, when Granted.
+	Holder Holder
 	// Holders are the group's holders after the call.
 	Holders []Holder
 	// GapLeft, on a denial with a slot free, is how long the group's
@@ -91,34 +73,64 @@ func New(client coordinationclient.LeasesGetter, lister coordinationlisters.Leas
 	return &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now}
 }
 
+// Get reads a group's lock object from the API server: a consistent read,
+// fresh enough for any decision. A group with no lock object has no
+// holders.
+func (s *Semaphore) Get(ctx context.Context, group string) (Object, error) {
+	l, err := s.client.Leases(s.namespace).Get(ctx, ObjectName(group), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return Object{Group: group}, nil
+	}
+	if err != nil {
+		return Object{}, fmt.Errorf("read the lock object of group %q: %w", group, err)
+	}
+	if g := l.Annotations[annotations.LockGroup]; g != group {
+		return Object{}, fmt.Errorf("lock object %s belongs to group %q, not %q", l.Name, g, group)
+	}
+	return decode(l)
+}
+
 // Acquire takes a slot in group for h, or confirms that h.ID already holds
-// one (the lock is recursive: asking again changes nothing). It is denied,
+// one (the lock is recursive: asking again changes nothing). A new holder
+// must first be admitted: admit, when not nil, runs at most once, and only
+// when h.ID holds nothing; its error is returned as is. It is then denied,
 // without error, when the group already has lim.Slots holders, or when the
 // last grant is more recent than lim.MinGap; holders beyond a lowered slot
-// count keep their slots until they release them. The decision is always
-// made on a fresh read from the API server, and the grant time is written
-// in the same compare-and-swap, so replicas agree on the gap.
-func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Limits) (Result, error) {
+// count keep their slots until they release them. The decision is made on
+// a fresh read from the API server, and the grant time is written in the
+// same compare-and-swap, so replicas agree on the gap. Result.Holder is the
+// caller's record as the API server holds it.
+func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Limits, admit func() error) (Result, error) {
 	var res Result
-	err := s.update(ctx, group, func(holders []Holder, lastGrant time.Time) ([]Holder, bool) {
-		if i := index(holders, h.ID); i >= 0 {
-			res = Result{Granted: true, Holders: holders}
-			return nil, false
+	admitted := admit == nil
+	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+		if mine, ok := o.Holder(h.ID); ok {
+			res = Result{Granted: true, Holder: mine, Holders: o.Holders}
+			return false, nil
 		}
-		if len(holders) >= lim.Slots {
-			res = Result{Holders: holders}
-			return nil, false
+		if !admitted {
+			if err := admit(); err != nil {
+				return false, err
+			}
+			admitted = true
+		}
+		if len(o.Holders) >= lim.Slots {
+			res = Result{Holders: o.Holders}
+			return false, nil
 		}
 		now := s.now()
-		if left := lastGrant.Add(lim.MinGap).Sub(now); lim.MinGap > 0 && left > 0 {
-			res = Result{Holders: holders, GapLeft: left}
-			return nil, false
+		if left := o.LastGrant.Add(lim.MinGap).Sub(now); lim.MinGap > 0 && left > 0 {
+			res = Result{Holders: o.Holders, GapLeft: left}
+			return false, nil
 		}
 		if h.Since.IsZero() {
 			h.Since = now.UTC().Truncate(time.Second)
 		}
-		res = Result{Granted: true, Changed: true, Holders: append(slices.Clone(holders), h)}
-		return res.Holders, true
+		h.Phase = PhaseTaken
+		o.put(h)
+		o.LastGrant = now
+		res = Result{Granted: true, Changed: true, Holder: h, Holders: o.Holders}
+		return true, nil
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("acquire a slot in group %q for %s: %w", group, h.ID, err)
@@ -126,30 +138,66 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 	return res, nil
 }
 
-// Release frees id's slot in group. It reports whether id held one.
-func (s *Semaphore) Release(ctx context.Context, group, id string) (bool, error) {
-	released := false
-	err := s.update(ctx, group, func(holders []Holder, _ time.Time) ([]Holder, bool) {
-		i := index(holders, id)
-		if i < 0 {
-			released = false
-			return nil, false
+// ErrNotHolder is returned by Advance when the id holds no slot any more:
+// it was released meanwhile.
+var ErrNotHolder = errors.New("holds no slot")
+
+// Advance changes the record of the holding that started at since of id in
+// group: change edits it in place. It fails with ErrNotHolder when that
+// holding is gone (released, and maybe taken again since). It returns the
+// record as written.
+func (s *Semaphore) Advance(ctx context.Context, group, id string, since time.Time, change func(*Holder)) (Holder, error) {
+	var out Holder
+	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+		h, ok := o.Holder(id)
+		if !ok || !h.Since.Equal(since) {
+			return false, ErrNotHolder
 		}
-		released = true
-		return slices.Delete(slices.Clone(holders), i, i+1), true
+		before := h
+		change(&h)
+		out = h
+		if equalHolders(before, h) {
+			return false, nil
+		}
+		o.put(h)
+		return true, nil
 	})
 	if err != nil {
-		return false, fmt.Errorf("release %s's slot in group %q: %w", id, group, err)
+		return Holder{}, fmt.Errorf("record %s's progress in group %q: %w", id, group, err)
 	}
-	return released, nil
+	return out, nil
 }
 
-// Holds reports, from the cache, whether id holds a slot in group. It makes
-// no API request, so a steady-state from a node that holds nothing costs
-// nothing; a just-taken slot may not be visible yet.
-func (s *Semaphore) Holds(group, id string) bool {
-	return index(s.Cached(group), id) >= 0
+func equalHolders(a, b Holder) bool {
+	ra, _ := json.Marshal(a)
+	rb, _ := json.Marshal(b)
+	return string(ra) == string(rb)
 }
+
+// Release frees id's slot in group. It reports whether id held one.
+func (s *Semaphore) Release(ctx context.Context, group, id string) (bool, error) {
+	gone, err := s.ReleaseMatching(ctx, group, func(h Holder) bool { return h.ID == id })
+	return len(gone) > 0, err
+}
+
+// ReleaseMatching frees, in one compare-and-swap on a fresh read, every
+// slot in group whose holder match selects, and returns those holders.
+func (s *Semaphore) ReleaseMatching(ctx context.Context, group string, match func(Holder) bool) ([]Holder, error) {
+	var gone []Holder
+	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+		gone = o.Remove(match)
+		return len(gone) > 0, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("release slots in group %q: %w", group, err)
+	}
+	return gone, nil
+}
+
+// Holders returns, from the cache, the holders of group. It makes no API
+// request and may lag: use it to turn a request away or to show state,
+// never to say yes.
+func (s *Semaphore) Holders(group string) []Holder { return s.Cached(group) }
 
 // Cached returns group's holders as the cache last saw them, without an API
 // request; nil when the group has no lock object or it cannot be read.
@@ -200,111 +248,95 @@ func byGroup(leases []*coordinationv1.Lease) (map[string][]Holder, error) {
 	return all, nil
 }
 
-// Decode returns the holders recorded on a lock object.
-func Decode(l *coordinationv1.Lease) ([]Holder, error) {
-	raw := l.Annotations[annotations.LockHolders]
-	if raw == "" {
-		return nil, nil
-	}
-	var holders []Holder
-	if err := json.Unmarshal([]byte(raw), &holders); err != nil {
-		return nil, fmt.Errorf("decode holders of lock object %s: %w", l.Name, err)
-	}
-	return holders, nil
-}
-
-// update runs change on the group's current holders and last grant time,
-// and writes the result conditionally on the resourceVersion it read,
-// retrying on conflicts. change returns the new holders and whether to
-// write them; a write that adds a holder records the grant time.
-func (s *Semaphore) update(ctx context.Context, group string, change func([]Holder, time.Time) ([]Holder, bool)) error {
+// Update runs change on a fresh read of group's lock object and, when it
+// returns true, writes the result conditionally on the resourceVersion it
+// read, retrying on conflicts with a new read. An error from change ends
+// the update with nothing written. It returns the object as written (or as
+// read, when nothing was written).
+func (s *Semaphore) Update(ctx context.Context, group string, change func(*Object) (bool, error)) (Object, error) {
 	leases := s.client.Leases(s.namespace)
 	name := ObjectName(group)
 	for range MaxAttempts {
 		l, err := leases.Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			next, write := change(nil, time.Time{})
-			if !write {
-				return nil
-			}
+		create := apierrors.IsNotFound(err)
+		switch {
+		case create:
 			l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
 				Name:        name,
 				Namespace:   s.namespace,
 				Labels:      map[string]string{Label: "true", "app.kubernetes.io/managed-by": "reboot-manager"},
 				Annotations: map[string]string{annotations.LockGroup: group},
 			}}
-			if err := s.encode(l, nil, next); err != nil {
-				return err
-			}
-			_, err = leases.Create(ctx, l, metav1.CreateOptions{})
+		case err != nil:
+			return Object{}, fmt.Errorf("get lock object %s: %w", name, err)
+		}
+		if g := l.Annotations[annotations.LockGroup]; g != group {
+			return Object{}, fmt.Errorf("lock object %s belongs to group %q, not %q", name, g, group)
+		}
+		o, err := decode(l)
+		if err != nil {
+			return Object{}, err
+		}
+		o.Holders = slices.Clone(o.Holders)
+		write, err := change(&o)
+		if err != nil || !write {
+			return o, err
+		}
+		if err := encode(l, o); err != nil {
+			return Object{}, err
+		}
+		var written *coordinationv1.Lease
+		if create {
+			written, err = leases.Create(ctx, l, metav1.CreateOptions{})
 			if apierrors.IsAlreadyExists(err) {
 				continue
 			}
-			if err != nil {
-				return fmt.Errorf("create lock object %s: %w", name, err)
+		} else {
+			written, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+			if apierrors.IsConflict(err) {
+				continue
 			}
-			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("get lock object %s: %w", name, err)
+			return Object{}, fmt.Errorf("write lock object %s: %w", name, err)
 		}
-		if g := l.Annotations[annotations.LockGroup]; g != group {
-			return fmt.Errorf("lock object %s belongs to group %q, not %q", name, g, group)
-		}
-		holders, err := Decode(l)
-		if err != nil {
-			return err
-		}
-		lastGrant, _ := time.Parse(time.RFC3339Nano, l.Annotations[annotations.LockLastGrant])
-		next, write := change(holders, lastGrant)
-		if !write {
-			return nil
-		}
-		if err := s.encode(l, holders, next); err != nil {
-			return err
-		}
-		_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("update lock object %s: %w", name, err)
-		}
-		return nil
+		o.ResourceVersion = written.ResourceVersion
+		return o, nil
 	}
-	return ErrContention
+	return Object{}, ErrContention
 }
 
-// encode writes holders into the lock object, and the time of the grant
-// when it adds a holder to before. spec.holderIdentity carries the
-// holders' node names too, so `kubectl get leases` shows them.
-func (s *Semaphore) encode(l *coordinationv1.Lease, before, holders []Holder) error {
-	raw, err := json.Marshal(holders)
+// Draining returns, from a fresh read of the lock objects, the holder whose
+// node is node when it is in PhaseDraining, and its group.
+func (s *Semaphore) Draining(ctx context.Context, node string) (string, Holder, bool, error) {
+	all, err := s.Fresh(ctx)
 	if err != nil {
-		return fmt.Errorf("encode holders: %w", err)
+		return "", Holder{}, false, err
 	}
-	if l.Annotations == nil {
-		l.Annotations = map[string]string{}
-	}
-	l.Annotations[annotations.LockHolders] = string(raw)
-	if len(holders) > len(before) {
-		l.Annotations[annotations.LockLastGrant] = s.now().UTC().Format(time.RFC3339Nano)
-	}
-	names := make([]string, len(holders))
-	for i, h := range holders {
-		names[i] = h.Node
-		if names[i] == "" {
-			names[i] = h.ID
+	for group, holders := range all {
+		for _, h := range holders {
+			if h.Node == node && h.Stage() == PhaseDraining {
+				return group, h, true, nil
+			}
 		}
 	}
-	l.Spec.HolderIdentity = nil
-	if len(names) > 0 {
-		who := strings.Join(names, ",")
-		l.Spec.HolderIdentity = &who
-	}
-	return nil
+	return "", Holder{}, false, nil
 }
 
-func index(holders []Holder, id string) int {
-	return slices.IndexFunc(holders, func(h Holder) bool { return h.ID == id })
+// DrainingNodes lists, from a fresh read, every node whose holder is in
+// PhaseDraining.
+func (s *Semaphore) DrainingNodes(ctx context.Context) ([]string, error) {
+	all, err := s.Fresh(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, holders := range all {
+		for _, h := range holders {
+			if h.Node != "" && h.Stage() == PhaseDraining {
+				out = append(out, h.Node)
+			}
+		}
+	}
+	return out, nil
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -91,10 +92,12 @@ func NewUncached(client kubernetes.Interface, recorder record.EventRecorder) *Di
 
 var errNoCache = errors.New("this node directory has no cache")
 
-// Lookup returns the Node whose Zincati id is id, or nil when none matches.
-// It reads only the cache. When several Nodes match (cloned machine ids), the
-// one whose agent published the id wins, then the first by name.
-func (d *Directory) Lookup(id string) (*corev1.Node, error) {
+// Lookup returns the Nodes whose Zincati id is id, sorted by name: none
+// when no Node matches, several when the id is ambiguous (a cloned machine
+// id, or an agent that published another node's id). It reads only the
+// cache, so it may lag: it names who asks, and the caller decides on fresh
+// reads.
+func (d *Directory) Lookup(id string) ([]*corev1.Node, error) {
 	if d.indexer == nil {
 		return nil, errNoCache
 	}
@@ -102,21 +105,21 @@ func (d *Directory) Lookup(id string) (*corev1.Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look up node by Zincati id %s: %w", id, err)
 	}
-	var best *corev1.Node
+	out := make([]*corev1.Node, 0, len(objs))
 	for _, o := range objs {
-		n := o.(*corev1.Node)
-		switch {
-		case best == nil:
-			best = n
-		case (n.Annotations[annotations.ZincatiID] == id) != (best.Annotations[annotations.ZincatiID] == id):
-			if n.Annotations[annotations.ZincatiID] == id {
-				best = n
-			}
-		case n.Name < best.Name:
-			best = n
-		}
+		out = append(out, o.(*corev1.Node))
 	}
-	return best, nil
+	slices.SortFunc(out, func(a, b *corev1.Node) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// Fresh reads a Node from the API server: a consistent read.
+func (d *Directory) Fresh(ctx context.Context, name string) (*corev1.Node, error) {
+	n, err := d.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("get node %s: %w", name, err)
+	}
+	return n, nil
 }
 
 // Get returns a Node from the cache.
@@ -149,9 +152,11 @@ func (d *Directory) List() ([]*corev1.Node, error) {
 
 // StartDrain cordons the node and marks it Draining in group. If the node
 // was already unschedulable and not by us (an admin's cordon), it stays so
-// and is not marked as ours, so Uncordon will leave it cordoned.
-func (d *Directory) StartDrain(ctx context.Context, name, group string) error {
-	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
+// and is not marked as ours, so Uncordon will leave it cordoned. from, when
+// not nil, is a fresh read of the node to start from, so a lagging cache
+// cannot make it skip the cordon.
+func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group string) error {
+	return d.patchFrom(ctx, from.Name, from, func(n *corev1.Node) *nodePatch {
 		p := &nodePatch{annotations: map[string]*string{
 			annotations.Status: ptr(annotations.StatusDraining),
 			annotations.Group:  ptr(group),
@@ -176,15 +181,16 @@ func (d *Directory) StartDrain(ctx context.Context, name, group string) error {
 	}, "DrainStarted", "cordoned for a reboot in group %q; draining", group)
 }
 
-// MarkRebooting records that the node's reboot was approved.
-func (d *Directory) MarkRebooting(ctx context.Context, name string) error {
+// MarkRebooting mirrors an approval on the node: status Rebooting, and the
+// boot id the approval recorded in the lock object.
+func (d *Directory) MarkRebooting(ctx context.Context, name, bootID string) error {
 	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
-		if n.Annotations[annotations.Status] == annotations.StatusRebooting {
+		if n.Annotations[annotations.Status] == annotations.StatusRebooting && n.Annotations[annotations.ApprovedBootID] == bootID {
 			return nil
 		}
 		return &nodePatch{annotations: map[string]*string{
 			annotations.Status:         ptr(annotations.StatusRebooting),
-			annotations.ApprovedBootID: ptr(n.Status.NodeInfo.BootID),
+			annotations.ApprovedBootID: ptr(bootID),
 			annotations.DrainMessage:   nil,
 		}}
 	}, "RebootApproved", "drained; reboot approved")
@@ -302,11 +308,20 @@ type nodePatch struct {
 // node changed since; then decide runs again on a fresh read. decide returns
 // nil when nothing needs to change. On success an Event of reason is recorded.
 func (d *Directory) patch(ctx context.Context, name string, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) error {
+	return d.patchFrom(ctx, name, nil, decide, reason, format, args...)
+}
+
+// patchFrom is patch whose first attempt starts from the node from, when
+// not nil, instead of the cache.
+func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Node, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) error {
 	first := true
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		var n *corev1.Node
 		var err error
-		if first && d.lister != nil {
+		switch {
+		case first && from != nil:
+			n = from
+		case first && d.lister != nil:
 			n, err = d.lister.Get(name)
 		}
 		first = false

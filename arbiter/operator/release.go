@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -100,17 +101,20 @@ func Release(ctx context.Context, client kubernetes.Interface, where Where, targ
 	}
 	now := time.Now()
 	events := syncRecorder{client: client}
+	approvedBoot := "" // the boot id of a released approval of node, if any
 	for group, holders := range held {
-		for _, h := range holders {
-			if !ids[h.ID] && (node == nil || h.Node != node.Name) {
-				continue
-			}
-			ok, err := sem.Release(ctx, group, h.ID)
-			if err != nil {
-				return r, fmt.Errorf("release the slot of %s: %w", target, err)
-			}
-			if !ok {
-				continue // released meanwhile by someone else
+		if !slices.ContainsFunc(holders, func(h lock.Holder) bool { return ids[h.ID] || (node != nil && h.Node == node.Name) }) {
+			continue
+		}
+		gone, err := sem.ReleaseMatching(ctx, group, func(h lock.Holder) bool {
+			return ids[h.ID] || (node != nil && h.Node == node.Name)
+		})
+		if err != nil {
+			return r, fmt.Errorf("release the slot of %s: %w", target, err)
+		}
+		for _, h := range gone {
+			if h.Stage() == lock.PhaseApproved && h.Approval != nil && node != nil && h.Node == node.Name {
+				approvedBoot = h.Approval.BootID
 			}
 			held := now.Sub(h.Since).Round(time.Second)
 			r.Slots = append(r.Slots, ReleasedSlot{Group: group, ID: h.ID, HeldSeconds: int64(held.Seconds())})
@@ -119,7 +123,7 @@ func Release(ctx context.Context, client kubernetes.Interface, where Where, targ
 				ref = &corev1.ObjectReference{Kind: "Node", Name: h.Node, UID: types.UID(h.Node)}
 			}
 			events.Eventf(ref, corev1.EventTypeWarning, "SlotReleasedByHand",
-				"reboot slot in group %q (id %s, held for %s) released by hand", group, h.ID, held)
+				"reboot slot in group %q (id %s, %s, held for %s) released by hand", group, h.ID, h.Stage(), held)
 		}
 	}
 	if len(r.Slots) == 0 {
@@ -137,7 +141,7 @@ func Release(ctx context.Context, client kubernetes.Interface, where Where, targ
 		return r, nil
 	}
 	switch {
-	case fresh.Annotations[annotations.Status] == annotations.StatusRebooting && !nodes.Rebooted(fresh):
+	case approvedBoot != "" && fresh.Status.NodeInfo.BootID == approvedBoot:
 		r.Note = fmt.Sprintf("node %s was approved to reboot and has not yet: it stays cordoned until it reboots "+
 			"(run `kubectl uncordon %s` if it never will)", node.Name, node.Name)
 	case nodes.InCycle(fresh):

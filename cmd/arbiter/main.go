@@ -31,16 +31,15 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/rebootmanager/reboot-manager/arbiter"
-	"github.com/rebootmanager/reboot-manager/arbiter/cachehealth"
+	"github.com/rebootmanager/reboot-manager/arbiter/apihealth"
 	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
 	"github.com/rebootmanager/reboot-manager/arbiter/gate"
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
+	"github.com/rebootmanager/reboot-manager/arbiter/leader"
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
 	"github.com/rebootmanager/reboot-manager/arbiter/reconcile"
@@ -174,6 +173,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "reboot-manager"})
+	registry := prometheus.NewRegistry()
 
 	// Nodes: the whole cluster, indexed by Zincati id.
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(nodes.Slim))
@@ -181,118 +181,87 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := nodeInformer.AddIndexers(cache.Indexers{nodes.IDIndex: nodes.IndexByID}); err != nil {
 		return fmt.Errorf("add the Zincati id index: %w", err)
 	}
-	// Lock Leases and the groups ConfigMap: only ours, in our namespace.
-	lockFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(cfg.namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = lock.Label + "=true" }))
-	leases := lockFactory.Coordination().V1().Leases()
+	// Lock Leases, the groups ConfigMap and the tokens Secret: only ours.
+	leases := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(cfg.namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = lock.Label + "=true" })).
+		Coordination().V1().Leases()
 	leaseInformer := leases.Informer()
-	cmFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(cfg.namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + cfg.groupsConfigMap }))
-	cmInformer := cmFactory.Core().V1().ConfigMaps().Informer()
+	cmInformer := named(client, cfg.namespace, cfg.groupsConfigMap).Core().V1().ConfigMaps().Informer()
+	informersToRun := []cache.SharedIndexInformer{nodeInformer, leaseInformer, cmInformer}
 
-	// Decisions made from the caches alone wait until broken watches recover.
-	caches := cachehealth.New()
-	for _, inf := range []cache.SharedIndexInformer{nodeInformer, leaseInformer} {
-		if err := caches.Track(inf); err != nil {
-			return fmt.Errorf("track the informer caches: %w", err)
-		}
-	}
-
-	// The tokens Secret, only that one, when configured.
 	tokenStore := tokens.NewStore()
-	var secretFactory informers.SharedInformerFactory
-	hasSynced := []cache.InformerSynced{nodeInformer.HasSynced, leaseInformer.HasSynced, cmInformer.HasSynced}
 	if cfg.tokensSecret != "" {
-		secretFactory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(cfg.namespace),
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + cfg.tokensSecret }))
-		secretInformer := secretFactory.Core().V1().Secrets().Informer()
-		setTokens := func(obj any) {
+		secretInformer := named(client, cfg.namespace, cfg.tokensSecret).Core().V1().Secrets().Informer()
+		if err := onChange(secretInformer, func(obj any) {
 			secret, _ := obj.(*corev1.Secret)
 			tokenStore.Set(secret)
 			log.Info("group tokens loaded", "secret", cfg.tokensSecret, "deleted", secret == nil)
-		}
-		if _, err := secretInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    setTokens,
-			UpdateFunc: func(_, obj any) { setTokens(obj) },
-			DeleteFunc: func(any) { setTokens(nil) },
 		}); err != nil {
 			return fmt.Errorf("watch the tokens Secret: %w", err)
 		}
-		hasSynced = append(hasSynced, secretInformer.HasSynced)
+		informersToRun = append(informersToRun, secretInformer)
 	}
 
-	settings := groups.NewStore()
-	var decider *coordinator.Coordinator // set below, before the informers start
-	setGroups := func(obj any) {
-		cm, _ := obj.(*corev1.ConfigMap)
-		if err := settings.Set(cm); err != nil {
-			log.Error("groups ConfigMap rejected; keeping the last good settings", "err", err)
-			return
-		}
-		log.Info("groups settings loaded", "configmap", cfg.groupsConfigMap, "deleted", cm == nil)
-		if decider != nil {
-			decider.WakeAll()
-		}
-	}
-	if _, err := cmInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    setGroups,
-		UpdateFunc: func(_, obj any) { setGroups(obj) },
-		DeleteFunc: func(any) { setGroups(nil) },
-	}); err != nil {
-		return fmt.Errorf("watch the groups ConfigMap: %w", err)
-	}
-
-	registry := prometheus.NewRegistry()
+	settings := groups.NewStore(cfg.namespace, cfg.groupsConfigMap, groups.NewMetrics(registry))
 	directory := nodes.New(client, nodeInformer, recorder)
 	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace)
 	cfg.drain.Metrics = drain.NewMetrics(registry)
-	drainer := drain.New(client, directory, cfg.drain, log)
+	drainer := drain.New(client, directory, semaphore, cfg.drain, log)
 	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
 		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
 	}, log)
-	apiServer := probeAPIServer(ctx, client, 2*time.Second, log)
-	decider = coordinator.New(coordinator.Deps{
+	apiServer := apihealth.Start(ctx, client.Discovery().RESTClient(), 2*time.Second, log)
+	decider := coordinator.New(coordinator.Deps{
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
 	}, coordinator.Config{
 		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, SourceBinding: cfg.sourceBinding,
-		// After an outage the caches are trusted again only once every
-		// broken watch has caught up and the API server has been back a while.
-		CacheFresh: func() bool { return caches.Fresh() && apiServer.settled(30*time.Second) },
 	}, coordinator.NewMetrics(registry), log)
 
-	// Waiting pre-reboots are woken by changes to the lock objects and to
-	// the slots.
-	wakeGroup := func(obj any) {
-		if l, ok := obj.(*coordinationv1.Lease); ok {
-			decider.Wake(l.Annotations[annotations.LockGroup])
+	if err := onChange(cmInformer, func(obj any) {
+		cm, _ := obj.(*corev1.ConfigMap)
+		if err := settings.Set(cm); err != nil {
+			log.Error("groups ConfigMap rejected; keeping the last good settings", "configmap", cfg.groupsConfigMap, "err", err)
+			return
 		}
+		log.Info("groups settings loaded", "configmap", cfg.groupsConfigMap)
+		decider.WakeAll()
+	}); err != nil {
+		return fmt.Errorf("watch the groups ConfigMap: %w", err)
 	}
-	if _, err := leaseInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    wakeGroup,
-		UpdateFunc: func(_, obj any) { wakeGroup(obj) },
+	// A change of a lock object wakes its group's waiting pre-reboots and
+	// hands its Draining nodes to the drainer (a hint: it confirms fresh).
+	if err := onChange(leaseInformer, func(obj any) {
+		l, ok := obj.(*coordinationv1.Lease)
+		if !ok {
+			return
+		}
+		decider.Wake(l.Annotations[annotations.LockGroup])
+		holders, _ := lock.Decode(l)
+		for _, h := range holders {
+			if h.Node != "" && h.Stage() == lock.PhaseDraining {
+				drainer.Enqueue(h.Node)
+			}
+		}
 	}); err != nil {
 		return fmt.Errorf("watch the lock objects: %w", err)
 	}
-
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { enqueueDraining(drainer, obj) },
-		UpdateFunc: func(_, obj any) { enqueueDraining(drainer, obj) },
 		DeleteFunc: func(any) { reconciler.Kick() },
 	}); err != nil {
 		return fmt.Errorf("watch nodes: %w", err)
 	}
 
-	for _, f := range []informers.SharedInformerFactory{nodeFactory, lockFactory, cmFactory, secretFactory} {
-		if f != nil {
-			f.Start(ctx.Done())
-		}
+	hasSynced := make([]cache.InformerSynced, len(informersToRun))
+	for i, inf := range informersToRun {
+		go inf.RunWithContext(ctx)
+		hasSynced[i] = inf.HasSynced
 	}
 	var synced atomic.Bool
 	ready := func() error {
 		if !synced.Load() {
 			return errors.New("caches are not synced yet")
 		}
-		return apiServer.ready()
+		return apiServer.Ready()
 	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold))
@@ -328,22 +297,25 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	synced.Store(true)
 	log.Info("caches synced")
+	if err := settings.Ready(); err != nil {
+		log.Error("no valid groups settings: every pre-reboot is answered 503 until there are", "err", err)
+	}
 
-	background := func(ctx context.Context) {
+	// One leadership term: a fresh drainer run and reconciler, both ended
+	// before the term returns.
+	term := func(ctx context.Context) {
 		var wg sync.WaitGroup
 		wg.Go(func() { drainer.Run(ctx, cfg.drainWorkers) })
 		reconciler.Run(ctx)
 		wg.Wait()
 	}
-	// On shutdown, wait for the leader to give up its Lease, so the next
-	// replica takes over at once instead of after the lease duration.
 	leaderDone := make(chan struct{})
 	go func() {
 		defer close(leaderDone)
 		if cfg.leaderElection {
-			lead(ctx, client, cfg, log, background)
+			leader.Run(ctx, client.CoordinationV1(), leader.Config{Namespace: cfg.namespace, Name: cfg.leaseName, Identity: cfg.identity}, log, term)
 		} else {
-			background(ctx)
+			term(ctx)
 		}
 	}()
 
@@ -354,6 +326,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		log.Info("shutting down")
 		endRequests(errShuttingDown)
 		err := shutdown(srv, nil)
+		// Wait for the leader to give up its Lease, so the next replica
+		// takes over at once instead of after the lease duration.
 		select {
 		case <-leaderDone:
 		case <-time.After(5 * time.Second):
@@ -364,97 +338,21 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 var errShuttingDown = errors.New("the arbiter is shutting down")
 
-// apiHealth is what probeAPIServer last saw of the API server.
-type apiHealth struct {
-	mu        sync.Mutex
-	err       error     // the last probe's failure, nil when ready
-	recovered time.Time // when the API server came back from its last failure
+// named returns an informer factory for the one object name in namespace.
+func named(client kubernetes.Interface, namespace, name string) informers.SharedInformerFactory {
+	return informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + name }))
 }
 
-// ready returns why the API server is not ready, or nil.
-func (h *apiHealth) ready() error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.err
-}
-
-// settled reports whether the API server has been ready for at least d
-// since its last failure (or never failed).
-func (h *apiHealth) settled(d time.Duration) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.err == nil && (h.recovered.IsZero() || time.Since(h.recovered) >= d)
-}
-
-// probeAPIServer asks the API server's /readyz every interval until ctx
-// ends. The arbiter is not ready while the API server is not: it could not
-// write a decision, so it should get no requests.
-func probeAPIServer(ctx context.Context, client kubernetes.Interface, interval time.Duration, log *slog.Logger) *apiHealth {
-	h := &apiHealth{}
-	probe := func() {
-		pctx, cancel := context.WithTimeout(ctx, interval)
-		defer cancel()
-		err := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(pctx).Error()
-		if err != nil {
-			err = fmt.Errorf("the API server is not ready: %w", err)
-		}
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		switch {
-		case err != nil && h.err == nil:
-			log.Warn("API server unreachable; answering 503 until it is back", "err", err)
-		case err == nil && h.err != nil:
-			log.Info("API server reachable again")
-			h.recovered = time.Now()
-		}
-		h.err = err
-	}
-	probe()
-	go func() {
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				probe()
-			}
-		}
-	}()
-	return h
-}
-
-func enqueueDraining(d *drain.Drainer, obj any) {
-	if n, ok := obj.(*corev1.Node); ok && n.Annotations[annotations.Status] == annotations.StatusDraining {
-		d.Enqueue(n.Name)
-	}
-}
-
-// lead runs fn while this replica holds the leader-election Lease.
-func lead(ctx context.Context, client kubernetes.Interface, cfg config, log *slog.Logger, fn func(context.Context)) {
-	rl := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Name: cfg.leaseName, Namespace: cfg.namespace},
-		Client:     client.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: cfg.identity},
-	}
-	for ctx.Err() == nil {
-		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-			Lock:            rl,
-			ReleaseOnCancel: true,
-			LeaseDuration:   15 * time.Second,
-			RenewDeadline:   10 * time.Second,
-			RetryPeriod:     2 * time.Second,
-			Name:            cfg.leaseName,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(ctx context.Context) {
-					log.Info("leading: draining and reconciling", "identity", cfg.identity)
-					fn(ctx)
-				},
-				OnStoppedLeading: func() { log.Info("stopped leading", "identity", cfg.identity) },
-			},
-		})
-	}
+// onChange calls fn with the object on every add and update, and with nil
+// on a delete.
+func onChange(inf cache.SharedIndexInformer, fn func(obj any)) error {
+	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    fn,
+		UpdateFunc: func(_, obj any) { fn(obj) },
+		DeleteFunc: func(any) { fn(nil) },
+	})
+	return err
 }
 
 func shutdown(srv *http.Server, cause error) error {

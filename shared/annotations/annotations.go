@@ -9,6 +9,9 @@ const (
 	Status = "rebootmanager/status"
 	// ZincatiID is the node's Zincati id, published by the agent.
 	ZincatiID = "rebootmanager/zincati-id"
+	// OSVersion is VERSION from the host's os-release, published by the
+	// agent; an approval records it.
+	OSVersion = "rebootmanager/os-version"
 	// Group is the reboot group the node holds a slot in.
 	Group = "rebootmanager/group"
 	// Since is when the node took its slot (RFC 3339).
@@ -41,7 +44,10 @@ const (
 const (
 	// LockGroup holds the raw FleetLock group a lock object belongs to.
 	LockGroup = "rebootmanager/group"
-	// LockHolders holds the JSON list of slot holders.
+	// LockSchema is the version of the lock object's layout (absent: 1).
+	LockSchema = "rebootmanager/schema"
+	// LockHolders holds the JSON list of slot holders: their membership;
+	// each holder's whole record is in an annotation of its own.
 	LockHolders = "rebootmanager/holders"
 	// LockLastGrant is when a slot was last granted (RFC 3339 with
 	// nanoseconds), for the group's minimum gap.

@@ -54,6 +54,7 @@ const (
 	KindLockHeld         Kind = "lock_held"
 	KindDrainInProgress  Kind = "drain_in_progress"
 	KindUnknownNode      Kind = "unknown_node"
+	KindAmbiguousID      Kind = "ambiguous_id"
 	KindPaused           Kind = "paused"
 	KindOutsideWindow    Kind = "outside_window"
 	KindBlocked          Kind = "blocked"
@@ -68,7 +69,7 @@ const (
 var Kinds = []Kind{
 	KindMissingHeader, KindBadRequest, KindMethodNotAllowed, KindNotFound,
 	KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap,
-	KindUnknownNode, KindUnauthorized, KindForbiddenSource, KindInternal, KindUnavailable,
+	KindUnknownNode, KindAmbiguousID, KindUnauthorized, KindForbiddenSource, KindInternal, KindUnavailable,
 }
 
 // Status returns the HTTP status a reply of this kind carries. None is 2xx:
@@ -85,6 +86,8 @@ func (k Kind) Status() int {
 		return http.StatusUnauthorized
 	case KindForbiddenSource:
 		return http.StatusForbidden
+	case KindAmbiguousID:
+		return http.StatusConflict
 	case KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap:
 		return http.StatusLocked
 	case KindUnavailable:

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -80,6 +81,12 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 			addr = net.JoinHostPort("127.0.0.1", port)
 		}
 	}
+	if !slices.Contains(args, "--no-groups-configmap") {
+		if err := fixtures.EnsureGroups(context.Background(), cluster.Client, cluster.Root, ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--no-groups-configmap" })
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, binary(t, "arbiter"), append([]string{
 		"--kubeconfig", cluster.Kubeconfig, "--listen-address", listen, "--namespace", ns,

@@ -195,7 +195,7 @@ func TestCLIAsOperator(t *testing.T) {
 	node := newNodes(t, "reboot-manager", 1, nil)[0]
 	group := harness.Prefix(t)
 	sem := lock.New(cluster.Client.CoordinationV1(), nil, "reboot-manager")
-	if _, err := sem.Acquire(ctx, group, lock.Holder{ID: node.id, Node: node.name}, lock.Limits{Slots: 1}); err != nil {
+	if _, err := sem.Acquire(ctx, group, lock.Holder{ID: node.id, Node: node.name}, lock.Limits{Slots: 1}, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = sem.Release(ctx, group, node.id) })

@@ -49,6 +49,9 @@ func run(kubeconfig string, count int, url string) error {
 			return fmt.Errorf("create namespace %s: %w", ns, err)
 		}
 	}
+	if err := fixtures.EnsureGroups(ctx, c, ".", "reboot-manager"); err != nil {
+		return err
+	}
 	var first string
 	for i := range count {
 		// Fixed machine ids, so the printed ids are the same every run.

@@ -1,0 +1,55 @@
+package coordinator
+
+import (
+	"github.com/rebootmanager/reboot-manager/arbiter/drain"
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
+)
+
+// step is what a pre-reboot of a slot holder does next.
+type step int
+
+const (
+	// stepCordon: cordon the node and record the holder as Draining, then
+	// look again.
+	stepCordon step = iota
+	// stepWait: pods remain; have them evicted, and answer 423 (or wait).
+	stepWait
+	// stepApprove: record the approval by compare-and-swap; only if that
+	// succeeds, answer 200.
+	stepApprove
+	// stepConfirm: the reboot was approved and nothing changed since: 200
+	// again, with no write (the lock is recursive).
+	stepConfirm
+)
+
+func (s step) String() string {
+	return [...]string{"cordon", "wait", "approve", "confirm"}[s]
+}
+
+// decide is the pre-reboot decision for a node whose id holds a slot. It is
+// a pure function of fresh inputs only:
+//
+//   - h, the holder's record as the caller's own compare-and-swap (or a
+//     consistent read) of the lock object returned it;
+//   - cordoned, the node's spec.unschedulable from a consistent GET;
+//   - pending, the node's pods from a consistent LIST made after that GET.
+//
+// It never reads a cache or a node annotation: those lag, and a 200 lets
+// Zincati reboot. A holder new in this request (PhaseTaken) is always
+// cordoned before it can be approved, unless the fresh GET shows the node
+// already unschedulable; every approval needs the node cordoned and empty.
+func decide(h lock.Holder, cordoned bool, pending drain.Pending) step {
+	switch {
+	case !cordoned:
+		return stepCordon
+	case !pending.Done() && h.Stage() == lock.PhaseDraining:
+		return stepWait
+	case !pending.Done():
+		// Taken, or Approved with pods back on the node: drain (again).
+		return stepCordon
+	case h.Stage() == lock.PhaseApproved:
+		return stepConfirm
+	default:
+		return stepApprove
+	}
+}

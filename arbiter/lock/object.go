@@ -1,0 +1,252 @@
+package lock
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+)
+
+// Schema is the version of the lock object's layout that this code writes.
+//
+//   - 1 (no rebootmanager/schema annotation): the holders are a JSON list of
+//     {id, node, since} in rebootmanager/holders.
+//   - 2: each holder also has an annotation of its own,
+//     rebootmanager/holder.<hash of its id>, holding its whole record (phase,
+//     node uid, what the approval saw). The version-1 list is still written,
+//     as the membership: a version-1 arbiter in a rolling upgrade reads and
+//     changes only that list, so an id is a holder exactly when the list
+//     names it, and its own annotation adds the details.
+//
+// Code never rewrites an object of a newer schema than its own: it fails
+// closed with ErrNewerSchema.
+const Schema = 2
+
+// ErrNewerSchema is returned for a lock object written by a newer arbiter,
+// which this one must neither interpret nor rewrite.
+var ErrNewerSchema = errors.New("lock object has a newer schema than this arbiter understands; upgrade the arbiter")
+
+// Phase is a holder's place in the reboot cycle.
+type Phase string
+
+// The phases, in cycle order. A holder recorded by a version-1 arbiter has
+// no phase: treat it as PhaseTaken.
+const (
+	// PhaseTaken: the slot is taken; the node is not yet cordoned.
+	PhaseTaken Phase = "Taken"
+	// PhaseDraining: the node is cordoned and its pods are being evicted.
+	PhaseDraining Phase = "Draining"
+	// PhaseApproved: the node was empty and its reboot approved.
+	PhaseApproved Phase = "Approved"
+)
+
+// Holder is one holder of a slot, as its lock object records it.
+type Holder struct {
+	// ID is the Zincati id that took the slot.
+	ID string `json:"id"`
+	// Node is the Node the id mapped to, if any.
+	Node string `json:"node,omitempty"`
+	// NodeUID is that Node's uid: a Node re-created under the same name is
+	// another node.
+	NodeUID types.UID `json:"nodeUID,omitempty"`
+	// Since is when the slot was taken.
+	Since time.Time `json:"since"`
+	// Phase is the holder's place in the cycle.
+	Phase Phase `json:"phase,omitempty"`
+	// Approval is what the node was when its reboot was approved.
+	Approval *Approval `json:"approval,omitempty"`
+}
+
+// Approval records the node as it was when its reboot was approved, so the
+// end of the cycle can be told from the ground truth.
+type Approval struct {
+	// At is when the reboot was approved.
+	At time.Time `json:"at"`
+	// BootID is the node's status.nodeInfo.bootID then.
+	BootID string `json:"bootID,omitempty"`
+	// OSImage is the node's status.nodeInfo.osImage then.
+	OSImage string `json:"osImage,omitempty"`
+	// OSVersion is the agent's rebootmanager/os-version then, if any.
+	OSVersion string `json:"osVersion,omitempty"`
+}
+
+// Who names the holder for people: its node, or "id <ID>" for a host
+// outside the cluster.
+func (h Holder) Who() string {
+	if h.Node != "" {
+		return h.Node
+	}
+	return "id " + h.ID
+}
+
+// Stage returns the holder's phase, PhaseTaken for a holder recorded
+// without one.
+func (h Holder) Stage() Phase {
+	if h.Phase == "" {
+		return PhaseTaken
+	}
+	return h.Phase
+}
+
+// Object is a group's lock object as one read of the API server returned
+// it: the truth of the group's cycle at ResourceVersion.
+type Object struct {
+	// Group is the raw FleetLock group.
+	Group string
+	// Holders are the slot holders, oldest first.
+	Holders []Holder
+	// LastGrant is when a slot was last granted.
+	LastGrant time.Time
+	// ResourceVersion is the version read; a write is conditional on it.
+	ResourceVersion string
+}
+
+// Holder returns the holder with id, if any.
+func (o *Object) Holder(id string) (Holder, bool) {
+	i := slices.IndexFunc(o.Holders, func(h Holder) bool { return h.ID == id })
+	if i < 0 {
+		return Holder{}, false
+	}
+	return o.Holders[i], true
+}
+
+// put replaces the holder with h.ID, or adds h.
+func (o *Object) put(h Holder) {
+	if i := slices.IndexFunc(o.Holders, func(x Holder) bool { return x.ID == h.ID }); i >= 0 {
+		o.Holders[i] = h
+		return
+	}
+	o.Holders = append(o.Holders, h)
+}
+
+// Remove drops every holder that match selects and returns them.
+func (o *Object) Remove(match func(Holder) bool) []Holder {
+	var gone []Holder
+	o.Holders = slices.DeleteFunc(o.Holders, func(h Holder) bool {
+		if match(h) {
+			gone = append(gone, h)
+			return true
+		}
+		return false
+	})
+	return gone
+}
+
+// holderKeyPrefix starts the annotation of each holder's record.
+const holderKeyPrefix = "rebootmanager/holder."
+
+// HolderKey is the annotation that holds the record of the holder id: one
+// annotation per holder, so an admission policy can check each without
+// decoding a list.
+func HolderKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return holderKeyPrefix + hex.EncodeToString(sum[:16])
+}
+
+// legacyHolder is a holder in the version-1 list.
+type legacyHolder struct {
+	ID    string    `json:"id"`
+	Node  string    `json:"node,omitempty"`
+	Since time.Time `json:"since"`
+}
+
+// Decode returns the holders recorded on a lock object, oldest first.
+func Decode(l *coordinationv1.Lease) ([]Holder, error) {
+	o, err := decode(l)
+	if err != nil {
+		return nil, err
+	}
+	return o.Holders, nil
+}
+
+// DecodeObject returns the whole lock object.
+func DecodeObject(l *coordinationv1.Lease) (Object, error) { return decode(l) }
+
+func decode(l *coordinationv1.Lease) (Object, error) {
+	o := Object{Group: l.Annotations[annotations.LockGroup], ResourceVersion: l.ResourceVersion}
+	if v := l.Annotations[annotations.LockSchema]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return o, fmt.Errorf("lock object %s: schema %q is not a number", l.Name, v)
+		}
+		if n > Schema {
+			return o, fmt.Errorf("lock object %s is schema %d, this arbiter writes %d: %w", l.Name, n, Schema, ErrNewerSchema)
+		}
+	}
+	o.LastGrant, _ = time.Parse(time.RFC3339Nano, l.Annotations[annotations.LockLastGrant])
+	var members []legacyHolder
+	if raw := l.Annotations[annotations.LockHolders]; raw != "" {
+		if err := json.Unmarshal([]byte(raw), &members); err != nil {
+			return o, fmt.Errorf("decode holders of lock object %s: %w", l.Name, err)
+		}
+	}
+	for _, m := range members {
+		h := Holder{ID: m.ID, Node: m.Node, Since: m.Since}
+		if raw, ok := l.Annotations[HolderKey(m.ID)]; ok {
+			var rec Holder
+			if err := json.Unmarshal([]byte(raw), &rec); err != nil {
+				return o, fmt.Errorf("decode holder %s of lock object %s: %w", m.ID, l.Name, err)
+			}
+			// The record counts only if it is this holding's: a version-1
+			// arbiter may have released the id and granted it again.
+			if rec.ID == m.ID && rec.Since.Equal(m.Since) {
+				h = rec
+			}
+		}
+		o.Holders = append(o.Holders, h)
+	}
+	return o, nil
+}
+
+// encode writes o's holders into l: the schema, the membership list, one
+// record per holder, and spec.holderIdentity for `kubectl get leases`.
+// Records of holders that are gone are removed.
+func encode(l *coordinationv1.Lease, o Object) error {
+	if l.Annotations == nil {
+		l.Annotations = map[string]string{}
+	}
+	for k := range l.Annotations {
+		if strings.HasPrefix(k, holderKeyPrefix) {
+			delete(l.Annotations, k)
+		}
+	}
+	members := make([]legacyHolder, len(o.Holders))
+	names := make([]string, len(o.Holders))
+	for i, h := range o.Holders {
+		members[i] = legacyHolder{ID: h.ID, Node: h.Node, Since: h.Since}
+		rec, err := json.Marshal(h)
+		if err != nil {
+			return fmt.Errorf("encode holder %s: %w", h.ID, err)
+		}
+		l.Annotations[HolderKey(h.ID)] = string(rec)
+		names[i] = h.Node
+		if names[i] == "" {
+			names[i] = h.ID
+		}
+	}
+	raw, err := json.Marshal(members)
+	if err != nil {
+		return fmt.Errorf("encode holders: %w", err)
+	}
+	l.Annotations[annotations.LockSchema] = strconv.Itoa(Schema)
+	l.Annotations[annotations.LockHolders] = string(raw)
+	if !o.LastGrant.IsZero() {
+		l.Annotations[annotations.LockLastGrant] = o.LastGrant.UTC().Format(time.RFC3339Nano)
+	}
+	l.Spec.HolderIdentity = nil
+	if len(names) > 0 {
+		who := strings.Join(names, ",")
+		l.Spec.HolderIdentity = &who
+	}
+	return nil
+}
