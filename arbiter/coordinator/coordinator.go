@@ -375,13 +375,15 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 		case stepApprove:
 			return c.approve(ctx, log, p, h, n)
 		case stepCordon:
-			if err := c.nodes.StartDrain(ctx, n, p.Group); err != nil {
-				return c.failed(ctx, log, "cordon the node", err)
-			}
+			// Record the drain first: the compare-and-swap proves the slot is
+			// still ours, so a released holding never cordons the node again.
 			if h, err = c.advance(ctx, p, h, func(r *lock.Holder) {
 				r.Phase, r.Approval = lock.PhaseDraining, nil
 			}); err != nil {
 				return c.failed(ctx, log, "record the drain", err)
+			}
+			if err := c.nodes.StartDrain(ctx, n, p.Group); err != nil {
+				return c.failed(ctx, log, "cordon the node", err)
 			}
 			c.drainer.Enqueue(h.Node)
 			if cordons++; cordons <= 2 {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,6 +57,7 @@ func binary(t testing.TB, name string) string {
 // arbiter is a running arbiter process.
 type arbiter struct {
 	pid    int
+	log    string // the path of its log
 	url    string
 	client *fleetlock.Client
 	ns     string
@@ -66,6 +68,13 @@ type arbiter struct {
 // startArbiter runs the real arbiter binary against the plane, with its
 // locks in namespace ns, and waits until it is ready.
 func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
+	t.Helper()
+	return startArbiterBinary(t, binary(t, "arbiter"), ns, args...)
+}
+
+// startArbiterBinary is startArbiter with the arbiter binary at path, such
+// as an earlier release's.
+func startArbiterBinary(t testing.TB, path, ns string, args ...string) *arbiter {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -88,7 +97,7 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 	}
 	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--no-groups-configmap" })
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, binary(t, "arbiter"), append([]string{
+	cmd := exec.CommandContext(ctx, path, append([]string{
 		"--kubeconfig", cluster.Kubeconfig, "--listen-address", listen, "--namespace", ns,
 		"--log-format", "text", "--reconcile-interval", "1s",
 		"--max-wait", "0", // tests of long-poll set their own; a later flag wins
@@ -125,12 +134,22 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 		_ = cmd.Process.Kill()
 		<-done
 	}
-	a := &arbiter{pid: cmd.Process.Pid, url: "http://" + addr + "/", ns: ns, stop: stop, kill: kill}
+	a := &arbiter{pid: cmd.Process.Pid, log: logFile.Name(), url: "http://" + addr + "/", ns: ns, stop: stop, kill: kill}
 	a.client = &fleetlock.Client{BaseURL: a.url}
 	harness.Eventually(t, 30*time.Second, "arbiter ready", func() error {
 		return getOK(a.url + "readyz")
 	})
 	return a
+}
+
+// logged counts the arbiter's log lines that contain s.
+func (a *arbiter) logged(t testing.TB, s string) int {
+	t.Helper()
+	raw, err := os.ReadFile(a.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(raw), s)
 }
 
 func (a *arbiter) preReboot(id, group string) error {
