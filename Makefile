@@ -35,7 +35,7 @@ unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/)
 
 e2e: cluster-up
-	$(GO) test -count=1 -timeout 20m ./test/...
+	$(GO) test -count=1 -timeout 30m ./test/...
 
 ## bench: the benchmarks against the local plane (P1 check-in cost, P2
 ## rollout makespan, P3 drain time, P4 memory; numbers for closing notes);
@@ -59,10 +59,11 @@ run: deps build cluster-up
 
 ## soak: the hardening runs at full length against the local plane: R1 (250
 ## rounds of pre-reboot storms on 3 replicas), R2 (50 trials, 100 SIGKILLs), R3 (the API
-## server killed under traffic), and R4 (10^6 fuzz executions per target).
+## server killed under traffic), the fresh-state races (200 rounds each), and R4 (10^6 fuzz
+## executions per target).
 ## make test runs short versions of R1-R3 and the fuzz seed corpora.
 soak: cluster-up
-	set -o pipefail; SOAK_ROUNDS=250 SOAK_CRASHES=50 $(GO) test -count=1 -timeout 60m -v -run 'TestReplicasStorm|TestCrashes|TestAPIServerOutage' ./test/e2e/ | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|R[123]:'
+	set -o pipefail; SOAK_ROUNDS=250 SOAK_CRASHES=50 SOAK_RACE_ROUNDS=200 $(GO) test -count=1 -timeout 90m -v -run 'TestReplicasStorm|TestCrashes|TestAPIServerOutage|TestFreshApproval|TestNoLostRelease' ./test/e2e/ | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|R[123]:|fresh approval|lost releases'
 	$(MAKE) fuzz
 
 ## fuzz: each fuzz target for FUZZ_EXECS executions (default 10^6).
