@@ -371,7 +371,10 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 		log.Debug("pre-reboot step", "step", st.String(), "phase", h.Stage(), "cordoned", n.Spec.Unschedulable, "pods", len(pending.Pods))
 		switch st {
 		case stepConfirm:
-			return nil // recursive: approved before, and the node is still cordoned and empty
+			// Recursive: approved before, and the node is still cordoned and
+			// empty. Mirror the approval again, in case a crash lost it.
+			c.mirrorApproval(ctx, log, h)
+			return nil
 		case stepApprove:
 			return c.approve(ctx, log, p, h, n)
 		case stepCordon:
@@ -425,12 +428,21 @@ func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock
 	if err != nil {
 		return c.failed(ctx, log, "record the approval", err)
 	}
-	if err := c.nodes.MarkRebooting(ctx, h.Node, rec.Approval.BootID); err != nil {
+	c.mirrorApproval(ctx, log, rec)
+	c.metrics.drainSeconds.WithLabelValues(p.Group).Observe(now.Sub(h.Since).Seconds())
+	log.Info("reboot approved")
+	return nil
+}
+
+// mirrorApproval shows an approval on the node, for kubectl; best effort.
+func (c *Coordinator) mirrorApproval(ctx context.Context, log *slog.Logger, h lock.Holder) {
+	boot := ""
+	if h.Approval != nil {
+		boot = h.Approval.BootID
+	}
+	if err := c.nodes.MarkRebooting(ctx, h.Node, boot); err != nil {
 		log.Warn("mirroring the approval on the node failed", "err", err)
 	}
-	c.metrics.drainSeconds.WithLabelValues(p.Group).Observe(now.Sub(h.Since).Seconds())
-	log.Info("reboot approved", "boot_id", rec.Approval.BootID)
-	return nil
 }
 
 // advance changes the holder's record by compare-and-swap.

@@ -166,7 +166,7 @@ func TestPreReboot(t *testing.T) {
 		{"stale node mirror says Rebooting, new holder: still drained", &fake{found: []*corev1.Node{node("n1", annotations.StatusRebooting)}, pending: onePod}, false,
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"approved, still cordoned and empty: 200, no write", &fake{found: []*corev1.Node{n1}, cordoned: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, false,
-			"", "", "Acquire Fresh Pending", lock.PhaseApproved},
+			"", "", "Acquire Fresh Pending MarkRebooting", lock.PhaseApproved},
 		{"approved, uncordoned by hand: drained again", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, pending: onePod}, false,
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"ambiguous id, no slot: refused, both named", &fake{found: []*corev1.Node{n1, node("n2", "")}}, false,
