@@ -156,7 +156,7 @@ func (d *Directory) List() ([]*corev1.Node, error) {
 // not nil, is a fresh read of the node to start from, so a lagging cache
 // cannot make it skip the cordon.
 func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group string) error {
-	return d.patchFrom(ctx, from.Name, from, func(n *corev1.Node) *nodePatch {
+	return d.patchFrom(ctx, from.Name, from, false, func(n *corev1.Node) *nodePatch {
 		p := &nodePatch{annotations: map[string]*string{
 			annotations.Status: ptr(annotations.StatusDraining),
 			annotations.Group:  ptr(group),
@@ -198,7 +198,7 @@ func (d *Directory) MarkRebooting(ctx context.Context, name, bootID string) erro
 
 // SetDrainMessage records what the drain waits for. An empty message removes it.
 func (d *Directory) SetDrainMessage(ctx context.Context, name, msg string) error {
-	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
+	return d.patchCached(ctx, name, func(n *corev1.Node) *nodePatch {
 		if n.Annotations[annotations.DrainMessage] == msg {
 			return nil
 		}
@@ -207,7 +207,7 @@ func (d *Directory) SetDrainMessage(ctx context.Context, name, msg string) error
 			v = ptr(msg)
 		}
 		return &nodePatch{annotations: map[string]*string{annotations.DrainMessage: v}}
-	}, "", "")
+	})
 }
 
 // WaitingRefresh is how old the WaitingAt mark may get before a request
@@ -219,7 +219,7 @@ const WaitingRefresh = 15 * time.Minute
 // only when the reason changed or the mark is older than WaitingRefresh; an
 // empty reason removes the mark.
 func (d *Directory) SetWaiting(ctx context.Context, name, reason string) error {
-	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
+	return d.patchCached(ctx, name, func(n *corev1.Node) *nodePatch {
 		old, at := n.Annotations[annotations.Waiting], n.Annotations[annotations.WaitingAt]
 		if reason == "" {
 			if old == "" && at == "" {
@@ -234,7 +234,7 @@ func (d *Directory) SetWaiting(ctx context.Context, name, reason string) error {
 			annotations.Waiting:   ptr(reason),
 			annotations.WaitingAt: ptr(d.now().UTC().Format(time.RFC3339)),
 		}}
-	}, "", "")
+	})
 }
 
 // Waiting reports whether the node carries a mark of a turned-away
@@ -303,17 +303,26 @@ type nodePatch struct {
 	event         string             // an extra Event reason
 }
 
-// patch applies the patch that decide computes from the node. The patch
-// carries the resourceVersion decide saw, so the API server rejects it if the
-// node changed since; then decide runs again on a fresh read. decide returns
-// nil when nothing needs to change. On success an Event of reason is recorded.
+// patch applies the patch that decide computes from a fresh read of the
+// node. The patch carries the resourceVersion decide saw, so the API server
+// rejects it if the node changed since; then decide runs again on a new
+// read. decide returns nil when nothing needs to change. On success an
+// Event of reason is recorded.
 func (d *Directory) patch(ctx context.Context, name string, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) error {
-	return d.patchFrom(ctx, name, nil, decide, reason, format, args...)
+	return d.patchFrom(ctx, name, nil, false, decide, reason, format, args...)
+}
+
+// patchCached is patch whose first attempt decides on the cache: for marks
+// that are only shown (why a node waits, what its drain waits for), where a
+// write skipped on a stale read costs nothing, and repeated requests should
+// cost no read.
+func (d *Directory) patchCached(ctx context.Context, name string, decide func(*corev1.Node) *nodePatch) error {
+	return d.patchFrom(ctx, name, nil, true, decide, "", "")
 }
 
 // patchFrom is patch whose first attempt starts from the node from, when
-// not nil, instead of the cache.
-func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Node, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) error {
+// not nil, or else from the cache when cached.
+func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Node, cached bool, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) error {
 	first := true
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		var n *corev1.Node
@@ -321,7 +330,7 @@ func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Nod
 		switch {
 		case first && from != nil:
 			n = from
-		case first && d.lister != nil:
+		case first && cached && d.lister != nil:
 			n, err = d.lister.Get(name)
 		}
 		first = false
