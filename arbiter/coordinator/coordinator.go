@@ -28,12 +28,14 @@ import (
 type Nodes interface {
 	// Lookup names the Nodes of an id from the cache.
 	Lookup(id string) ([]*corev1.Node, error)
+	// LookupFresh names them from a consistent list of every Node.
+	LookupFresh(ctx context.Context, id string) ([]*corev1.Node, error)
 	// Fresh reads a Node from the API server.
 	Fresh(ctx context.Context, name string) (*corev1.Node, error)
-	StartDrain(ctx context.Context, from *corev1.Node, group string) error
+	StartDrain(ctx context.Context, from *corev1.Node, group, holding string) error
 	MarkRebooting(ctx context.Context, name, bootID string) error
 	SetWaiting(ctx context.Context, name, reason string) error
-	Finish(ctx context.Context, name string) error
+	Finish(ctx context.Context, name, holding string) error
 	Event(n *corev1.Node, eventType, reason, format string, args ...any)
 }
 
@@ -45,9 +47,10 @@ type Lock interface {
 	Get(ctx context.Context, group string) (lock.Object, error)
 	Advance(ctx context.Context, group, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error)
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
-	// Cached and All read the cache: hints and displays only.
+	// Fresh lists every group's lock object from the API server.
+	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
+	// Cached reads the cache: hints and displays only.
 	Cached(group string) []lock.Holder
-	All() (map[string][]lock.Holder, error)
 }
 
 // Drainer empties nodes.
@@ -177,12 +180,14 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	if err != nil {
 		return err
 	}
+	if mine.Node != nodeName(node) {
+		// The id moved (or a Node appeared for it) mid-cycle: act for
+		// neither node; a person sorts it out.
+		return c.ambiguous(log, p.ID, fmt.Sprintf("it holds a slot for %s but now names %s", who(mine.Node), who(nodeName(node))))
+	}
 	if node == nil {
 		log.Info("reboot approved for a host outside the cluster")
 		return nil
-	}
-	if mine.Node != node.Name {
-		return c.ambiguous(log, p.ID, fmt.Sprintf("it holds a slot for node %s but now names node %s", mine.Node, node.Name))
 	}
 	return c.cycle(ctx, log, p, mine, deadline)
 }
@@ -194,6 +199,11 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 // another.
 func (c *Coordinator) resolve(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams) (*corev1.Node, error) {
 	found, err := c.nodes.Lookup(p.ID)
+	if err == nil && len(found) == 0 && c.cfg.AllowUnknownNodes {
+		// "Outside the cluster" means no drain: confirm it on a fresh list,
+		// so a Node or an id the cache has not seen yet is still drained.
+		found, err = c.nodes.LookupFresh(ctx, p.ID)
+	}
 	if err != nil {
 		return nil, failure(log, "look up the node", err)
 	}
@@ -372,7 +382,11 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 		switch st {
 		case stepConfirm:
 			// Recursive: approved before, and the node is still cordoned and
-			// empty. Mirror the approval again, in case a crash lost it.
+			// empty. Read the lock again after the node and its pods: a
+			// release since the first read is never confirmed.
+			if h, err = c.advance(ctx, p, h, func(*lock.Holder) {}); err != nil {
+				return c.failed(ctx, log, "confirm the slot", err)
+			}
 			c.mirrorApproval(ctx, log, h)
 			return nil
 		case stepApprove:
@@ -385,7 +399,7 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			}); err != nil {
 				return c.failed(ctx, log, "record the drain", err)
 			}
-			if err := c.nodes.StartDrain(ctx, n, p.Group); err != nil {
+			if err := c.nodes.StartDrain(ctx, n, p.Group, h.Holding(p.Group)); err != nil {
 				return c.failed(ctx, log, "cordon the node", err)
 			}
 			c.drainer.Enqueue(h.Node)
@@ -497,20 +511,18 @@ func (c *Coordinator) WakeAll() {
 	}
 }
 
-// SteadyState answers a steady-state: it answers nil (200) unless a slot
-// the caller holds could not be released. The release comes first; putting
-// the node back in service (uncordon, status Ready) is best effort after
-// it, and the reconciler finishes what fails here.
+// SteadyState answers a steady-state: it answers nil (200) once every slot
+// the caller holds is released and its node put back in service (uncordoned
+// if we cordoned it, status Ready); if either fails it answers 503, and
+// Zincati's retry finishes the job.
 //
-// Inputs and their freshness: the Nodes of the id and the lock cache (both
-// cached) only say where to look: the named group, every group whose cache
-// shows a holder with this id or node, and the group the node's mirror
-// names. Each of those lock objects is read fresh and released by
-// compare-and-swap, so a slot taken a moment ago through another replica is
-// never missed; a holder matches by id, or by its node when the id names
-// exactly one Node (so a changed id or group cannot leak a slot). A
-// steady-state of a host that holds nothing costs one read of its group's
-// lock object.
+// Inputs and their freshness: the Nodes of the id (cache) name who asks;
+// every lock object is listed fresh (one consistent LIST), and each that
+// holds a match is released by compare-and-swap, so a slot taken a moment
+// ago through another replica, or under another group, is never missed. A
+// holder matches by id, or by its node (name and uid) when the id names
+// exactly one Node, so a changed id or group cannot leak a slot. A
+// steady-state of a host that holds nothing costs that one LIST.
 func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams) error {
 	log := c.log.With("id", p.ID, "group", p.Group)
 	found, err := c.nodes.Lookup(p.ID)
@@ -529,34 +541,40 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 	match := func(h lock.Holder) bool {
 		return h.ID == p.ID || (node != nil && h.Node == node.Name && (h.NodeUID == "" || h.NodeUID == node.UID))
 	}
-	var released []lock.Holder
-	for _, group := range c.whereHeld(p.Group, node, match) {
+	all, err := c.lock.Fresh(ctx)
+	if err != nil {
+		return failure(log, "read the reboot slots", err)
+	}
+	finish := map[string]string{} // node → the holding whose cycle ends
+	for group, holders := range all {
+		if !slices.ContainsFunc(holders, match) {
+			continue
+		}
 		gone, err := c.lock.ReleaseMatching(ctx, group, match)
 		if err != nil {
 			return failure(log.With("lock_group", group), "release the reboot slot", err)
 		}
 		for _, h := range gone {
 			log.Info("slot released", "lock_group", group, "holder_node", h.Node, "holder_id", h.ID, "phase", h.Stage())
-		}
-		released = append(released, gone...)
-	}
-	finish := map[string]bool{}
-	for _, h := range released {
-		if h.Node != "" {
-			finish[h.Node] = true
+			if h.Node != "" {
+				finish[h.Node] = h.Holding(group)
+			}
 		}
 	}
 	if node != nil && nodes.InCycle(node) {
-		finish[node.Name] = true // no slot held (the fresh reads say so): a leftover of a cycle
-	}
-	for name := range finish {
-		if err := c.nodes.Finish(ctx, name); err != nil {
-			log.Warn("putting the node back in service failed; the reconciler will retry", "finish_node", name, "err", err)
-		} else {
-			log.Info("node back in service", "finish_node", name)
+		if _, ok := finish[node.Name]; !ok {
+			// No slot held, fresh: a leftover of a cycle, ended unless a new
+			// one has started since the cache saw it.
+			finish[node.Name] = node.Annotations[annotations.Holding]
 		}
 	}
-	if node != nil && !finish[node.Name] && nodes.Waiting(node) {
+	for name, holding := range finish {
+		if err := c.nodes.Finish(ctx, name, holding); err != nil {
+			return failure(log.With("finish_node", name), "put the node back in service", err)
+		}
+		log.Info("node back in service", "finish_node", name)
+	}
+	if _, ended := finish[nodeName(node)]; node != nil && !ended && nodes.Waiting(node) {
 		// The node went back to steady state without its reboot: it waits
 		// no longer.
 		if err := c.nodes.SetWaiting(ctx, node.Name, ""); err != nil {
@@ -564,31 +582,6 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		}
 	}
 	return nil
-}
-
-// whereHeld lists the groups whose lock objects a steady-state must read:
-// the group it names, those where the cache shows a matching holder, and
-// the group the node's mirror names.
-func (c *Coordinator) whereHeld(group string, node *corev1.Node, match func(lock.Holder) bool) []string {
-	out := []string{group}
-	add := func(g string) {
-		if g != "" && fleetlock.ValidGroup(g) && !slices.Contains(out, g) {
-			out = append(out, g)
-		}
-	}
-	if node != nil {
-		add(node.Annotations[annotations.Group])
-	}
-	all, err := c.lock.All()
-	if err != nil {
-		return out
-	}
-	for g, holders := range all {
-		if slices.ContainsFunc(holders, match) {
-			add(g)
-		}
-	}
-	return out
 }
 
 // names lists the holders by node name, or by id for hosts outside the
@@ -661,4 +654,19 @@ func failure(log *slog.Logger, doing string, err error) error {
 		kind = fleetlock.KindUnavailable
 	}
 	return fleetlock.Errorf(kind, "could not %s: %v", doing, err)
+}
+
+func nodeName(n *corev1.Node) string {
+	if n == nil {
+		return ""
+	}
+	return n.Name
+}
+
+// who names a node, or a host outside the cluster for "".
+func who(node string) string {
+	if node == "" {
+		return "a host outside the cluster"
+	}
+	return "node " + node
 }

@@ -24,22 +24,29 @@ import (
 type fake struct {
 	memLock
 	found     []*corev1.Node // what Lookup returns (the cache)
+	fresh     []*corev1.Node // what LookupFresh returns
 	cordoned  bool           // what Fresh returns (the API server)
 	pending   drain.Pending
 	finishErr error
 	gateErr   error
 	notReady  error
+	// releaseOnPending empties the lock when the pods are listed.
+	releaseOnPending bool
 }
 
 func (f *fake) call(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.Unlock() }
 
 func (f *fake) Lookup(string) ([]*corev1.Node, error) { return f.found, nil }
+func (f *fake) LookupFresh(context.Context, string) ([]*corev1.Node, error) {
+	f.call("LookupFresh")
+	return f.fresh, nil
+}
 func (f *fake) Fresh(_ context.Context, name string) (*corev1.Node, error) {
 	f.call("Fresh")
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{Unschedulable: f.cordoned},
 		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: "boot-1"}}}, nil
 }
-func (f *fake) StartDrain(context.Context, *corev1.Node, string) error {
+func (f *fake) StartDrain(context.Context, *corev1.Node, string, string) error {
 	f.call("StartDrain")
 	f.cordoned = true
 	return nil
@@ -52,7 +59,7 @@ func (f *fake) SetWaiting(_ context.Context, _, reason string) error {
 	f.call("SetWaiting(" + reason + ")")
 	return nil
 }
-func (f *fake) Finish(_ context.Context, name string) error {
+func (f *fake) Finish(_ context.Context, name, _ string) error {
 	f.call("Finish(" + name + ")")
 	return f.finishErr
 }
@@ -61,6 +68,11 @@ func (f *fake) Event(_ *corev1.Node, _, reason, _ string, _ ...any) {
 }
 func (f *fake) Pending(context.Context, string) (drain.Pending, error) {
 	f.call("Pending")
+	if f.releaseOnPending { // another replica releases the slot meanwhile
+		f.mu.Lock()
+		f.holders = nil
+		f.mu.Unlock()
+	}
 	return f.pending, nil
 }
 func (f *fake) Enqueue(string)             { f.call("Enqueue") }
@@ -145,7 +157,11 @@ func TestPreReboot(t *testing.T) {
 	}{
 		{"settings not read: 503", &fake{notReady: errors.New("no ConfigMap")}, false, fleetlock.KindUnavailable, "no ConfigMap", "", ""},
 		{"unknown node", &fake{}, false, fleetlock.KindUnknownNode, "deploy the reboot-manager agent", "", ""},
-		{"unknown node allowed: semaphore only", &fake{}, true, "", "", "Acquire Check", lock.PhaseTaken},
+		{"unknown node allowed: semaphore only, confirmed fresh", &fake{}, true, "", "", "LookupFresh Acquire Check", lock.PhaseTaken},
+		{"unknown to the cache, known fresh: drained", &fake{fresh: []*corev1.Node{n1}, pending: onePod}, true, fleetlock.KindDrainInProgress, "a/p",
+			"LookupFresh Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+		{"unknown host holding a slot for a node: refused", &fake{memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, true,
+			fleetlock.KindAmbiguousID, "node n1", "LookupFresh Acquire", lock.PhaseDraining},
 		{"group full", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("x", "n9", lock.PhaseDraining)}}, false,
 			fleetlock.KindLockHeld, "n9", `Acquire Check SetWaiting(group "g" is full: 1 of 1 slots held by n9)`, ""},
 		{"gate refuses: no slot taken", &fake{found: []*corev1.Node{n1}, gateErr: fleetlock.Errorf(fleetlock.KindPaused, "paused")}, false,
@@ -167,6 +183,8 @@ func TestPreReboot(t *testing.T) {
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"approved, still cordoned and empty: 200, no write", &fake{found: []*corev1.Node{n1}, cordoned: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, false,
 			"", "", "Acquire Fresh Pending MarkRebooting", lock.PhaseApproved},
+		{"approved, released before the confirmation: not 200", &fake{found: []*corev1.Node{n1}, cordoned: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, releaseOnPending: true}, false,
+			fleetlock.KindLockHeld, "released", "Acquire Fresh Pending", ""},
 		{"approved, uncordoned by hand: drained again", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, pending: onePod}, false,
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"ambiguous id, no slot: refused, both named", &fake{found: []*corev1.Node{n1, node("n2", "")}}, false,
@@ -179,7 +197,7 @@ func TestPreReboot(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(Deps{f, f, f, f, f}, Config{AllowUnknownNodes: tt.allow}, nil, slog.New(slog.DiscardHandler))
+			c := New(Deps{f, &f.memLock, f, f, f}, Config{AllowUnknownNodes: tt.allow}, nil, slog.New(slog.DiscardHandler))
 			err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if tt.wantKind == "" && err != nil {
 				t.Fatalf("PreReboot = %v, want approval", err)
@@ -207,7 +225,7 @@ func TestPreReboot(t *testing.T) {
 // the drain is never approved.
 func TestReleasedWhileWaiting(t *testing.T) {
 	f := &fake{found: []*corev1.Node{node("n1", "")}, pending: onePod}
-	c := New(Deps{f, f, f, f, f}, Config{MaxWait: time.Minute, DrainPoll: 5 * time.Millisecond}, nil, slog.New(slog.DiscardHandler))
+	c := New(Deps{f, &f.memLock, f, f, f}, Config{MaxWait: time.Minute, DrainPoll: 5 * time.Millisecond}, nil, slog.New(slog.DiscardHandler))
 	done := make(chan error, 1)
 	go func() { done <- c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"}) }()
 	for len(f.Cached("g")) == 0 || f.Cached("g")[0].Stage() != lock.PhaseDraining {
@@ -242,22 +260,22 @@ func TestSteadyState(t *testing.T) {
 		wantCalls string
 		wantLeft  int
 	}{
-		{"ready non-holder: one fresh read, nothing else", &fake{found: []*corev1.Node{node("n1", annotations.StatusReady)}}, "", "ReleaseMatching", 0},
-		{"waiting non-holder: the mark goes", &fake{found: []*corev1.Node{waiting()}}, "", "ReleaseMatching SetWaiting()", 0},
-		{"unknown non-holder", &fake{}, "", "ReleaseMatching", 0},
-		{"holder with unknown node releases", &fake{memLock: memLock{holders: holding("id", "", lock.PhaseApproved)}}, "", "ReleaseMatching", 0},
-		{"holder releases then finishes", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, "", "ReleaseMatching Finish(n1)", 0},
-		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "ReleaseMatching Finish(n1)", 0},
+		{"ready non-holder: one fresh list, nothing else", &fake{found: []*corev1.Node{node("n1", annotations.StatusReady)}}, "", "List", 0},
+		{"waiting non-holder: the mark goes", &fake{found: []*corev1.Node{waiting()}}, "", "List SetWaiting()", 0},
+		{"unknown non-holder", &fake{}, "", "List", 0},
+		{"holder with unknown node releases", &fake{memLock: memLock{holders: holding("id", "", lock.PhaseApproved)}}, "", "List ReleaseMatching", 0},
+		{"holder releases then finishes", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, "", "List ReleaseMatching Finish(n1)", 0},
+		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "List ReleaseMatching Finish(n1)", 0},
 		{"ambiguous id: only the id's own holding", &fake{found: []*corev1.Node{n1, node("n2", "")}, memLock: memLock{holders: append(holding("id", "n2", lock.PhaseApproved), holding("x", "n1", lock.PhaseDraining)...)}},
-			"", "ReleaseMatching Finish(n2)", 1},
-		{"node mirror in cycle, nothing held: finished", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}}, "", "ReleaseMatching Finish(n1)", 0},
-		{"release fails: not 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), err: errors.New("down")}}, fleetlock.KindInternal, "ReleaseMatching", 1},
-		{"finish fails after release: still 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, finishErr: errors.New("down")}, "", "ReleaseMatching Finish(n1)", 0},
+			"", "List ReleaseMatching Finish(n2)", 1},
+		{"node mirror in cycle, nothing held: finished", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}}, "", "List Finish(n1)", 0},
+		{"lock list fails: not 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), err: errors.New("down")}}, fleetlock.KindInternal, "List", 1},
+		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "List ReleaseMatching Finish(n1)", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(Deps{f, f, f, f, f}, Config{}, nil, slog.New(slog.DiscardHandler))
+			c := New(Deps{f, &f.memLock, f, f, f}, Config{}, nil, slog.New(slog.DiscardHandler))
 			err := c.SteadyState(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if (tt.wantKind == "") != (err == nil) || (err != nil && !fleetlock.IsKind(err, tt.wantKind)) {
 				t.Fatalf("SteadyState = %v, want kind %q", err, tt.wantKind)

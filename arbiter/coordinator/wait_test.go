@@ -116,25 +116,29 @@ func (m *memLock) Cached(string) []lock.Holder {
 	return slices.Clone(m.holders)
 }
 
-func (m *memLock) All() (map[string][]lock.Holder, error) {
-	return map[string][]lock.Holder{"g": m.Cached("g")}, nil
+func (m *memLock) Fresh(context.Context) (map[string][]lock.Holder, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.calls = append(m.calls, "List")
+	return map[string][]lock.Holder{"g": slices.Clone(m.holders)}, m.err
 }
 
 // noNodes has no Nodes: with AllowUnknownNodes the coordinator is a plain
 // semaphore, which is what the queue is about.
 type noNodes struct{}
 
-func (noNodes) Lookup(string) ([]*corev1.Node, error) { return nil, nil }
+func (noNodes) Lookup(string) ([]*corev1.Node, error)                       { return nil, nil }
+func (noNodes) LookupFresh(context.Context, string) ([]*corev1.Node, error) { return nil, nil }
 func (noNodes) Fresh(context.Context, string) (*corev1.Node, error) {
 	return nil, errors.New("no nodes")
 }
-func (noNodes) StartDrain(context.Context, *corev1.Node, string) error { return nil }
-func (noNodes) MarkRebooting(context.Context, string, string) error    { return nil }
-func (noNodes) SetWaiting(context.Context, string, string) error       { return nil }
-func (noNodes) Finish(context.Context, string) error                   { return nil }
-func (noNodes) Event(*corev1.Node, string, string, string, ...any)     {}
-func (noNodes) Pending(context.Context, string) (drain.Pending, error) { return drain.Pending{}, nil }
-func (noNodes) Enqueue(string)                                         {}
+func (noNodes) StartDrain(context.Context, *corev1.Node, string, string) error { return nil }
+func (noNodes) MarkRebooting(context.Context, string, string) error            { return nil }
+func (noNodes) SetWaiting(context.Context, string, string) error               { return nil }
+func (noNodes) Finish(context.Context, string, string) error                   { return nil }
+func (noNodes) Event(*corev1.Node, string, string, string, ...any)             {}
+func (noNodes) Pending(context.Context, string) (drain.Pending, error)         { return drain.Pending{}, nil }
+func (noNodes) Enqueue(string)                                                 {}
 
 type oneSlot struct{}
 
@@ -311,7 +315,7 @@ func (d *drainingNode) Fresh(context.Context, string) (*corev1.Node, error) {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{Unschedulable: d.cordoned}}, nil
 }
 
-func (d *drainingNode) StartDrain(context.Context, *corev1.Node, string) error {
+func (d *drainingNode) StartDrain(context.Context, *corev1.Node, string, string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.cordoned = true

@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 	kubectldrain "k8s.io/kubectl/pkg/drain"
@@ -54,7 +55,7 @@ type Config struct {
 
 // Nodes is what the drainer needs of the node directory.
 type Nodes interface {
-	Get(name string) (*corev1.Node, error)
+	Fresh(ctx context.Context, name string) (*corev1.Node, error)
 	SetDrainMessage(ctx context.Context, name, msg string) error
 	Event(n *corev1.Node, eventType, reason, format string, args ...any)
 }
@@ -203,13 +204,7 @@ func (d *Drainer) Run(ctx context.Context, workers int) {
 	}()
 	stop := context.AfterFunc(ctx, q.ShutDown)
 	defer stop()
-	if names, err := d.cycle.DrainingNodes(ctx); err != nil {
-		d.log.Warn("listing the nodes to drain failed; waiting for requests and lock changes", "err", err)
-	} else {
-		for _, n := range names {
-			q.Add(n)
-		}
-	}
+	go d.seed(ctx, q)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
@@ -218,6 +213,23 @@ func (d *Drainer) Run(ctx context.Context, workers int) {
 		})
 	}
 	wg.Wait()
+}
+
+// seed queues every node the lock objects show Draining, retrying with
+// backoff until it has read them (right after an outage it may not).
+func (d *Drainer) seed(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) {
+	_ = wait.ExponentialBackoffWithContext(ctx, wait.Backoff{Duration: time.Second, Factor: 2, Steps: 1 << 30, Cap: 30 * time.Second},
+		func(ctx context.Context) (bool, error) {
+			names, err := d.cycle.DrainingNodes(ctx)
+			if err != nil {
+				d.log.Warn("listing the nodes to drain failed; retrying", "err", err)
+				return false, nil
+			}
+			for _, n := range names {
+				q.Add(n)
+			}
+			return true, nil
+		})
 }
 
 func (d *Drainer) next(ctx context.Context, q workqueue.TypedRateLimitingInterface[string]) bool {
@@ -270,7 +282,9 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 		d.forget(name)
 		return finished, nil
 	}
-	node, err := d.nodes.Get(name)
+	// Evict only from the holder's own Node, and only once it is cordoned,
+	// both read fresh: a Node re-created under the name is another node.
+	node, err := d.nodes.Fresh(ctx, name)
 	if apierrors.IsNotFound(err) {
 		d.forget(name)
 		return finished, nil
@@ -279,6 +293,10 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 		return finished, err
 	}
 	log := d.log.With("node", name, "group", group, "id", holder.ID)
+	if !node.Spec.Unschedulable || (holder.NodeUID != "" && holder.NodeUID != node.UID) {
+		log.Info("not draining: the node is not cordoned, or is not the holder's", "unschedulable", node.Spec.Unschedulable)
+		return finished, nil
+	}
 	pending, err := d.Pending(ctx, name)
 	if err != nil {
 		return finished, err

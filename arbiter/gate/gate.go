@@ -54,7 +54,7 @@ func (g *Gate) Check(ctx context.Context, group string, s groups.Settings, node 
 
 // blocked says what of b stands in the way, or "".
 func (g *Gate) blocked(ctx context.Context, b groups.Blocker, node string) (string, error) {
-	opts := metav1.ListOptions{LabelSelector: b.Selector, ResourceVersion: "0"} // from the API server's cache
+	opts := metav1.ListOptions{LabelSelector: b.Selector} // a consistent read: a stale "not blocked" would admit a holder
 	scope := b.Scope
 	if scope == "" {
 		scope = groups.ScopeCluster

@@ -124,7 +124,7 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 			return false, nil
 		}
 		if h.Since.IsZero() {
-			h.Since = now.UTC().Truncate(time.Second)
+			h.Since = now.UTC() // full precision: a holding is told apart from the next by it
 		}
 		h.Phase = PhaseTaken
 		o.put(h)

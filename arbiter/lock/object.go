@@ -89,6 +89,12 @@ func (h Holder) Who() string {
 	return "id " + h.ID
 }
 
+// Holding names this holding of a slot in group, for the node's
+// rebootmanager/holding mark: the group, the id and when it took the slot.
+func (h Holder) Holding(group string) string {
+	return group + " " + h.ID + " " + h.Since.UTC().Format(time.RFC3339Nano)
+}
+
 // Stage returns the holder's phase, PhaseTaken for a holder recorded
 // without one.
 func (h Holder) Stage() Phase {

@@ -113,6 +113,31 @@ func (d *Directory) Lookup(id string) ([]*corev1.Node, error) {
 	return out, nil
 }
 
+// LookupFresh is Lookup on a consistent list of every Node from the API
+// server, page by page: costly, for a decision that must not trust a cache
+// to say "no Node has this id".
+func (d *Directory) LookupFresh(ctx context.Context, id string) ([]*corev1.Node, error) {
+	var out []*corev1.Node
+	opts := metav1.ListOptions{Limit: 500}
+	for {
+		list, err := d.client.CoreV1().Nodes().List(ctx, opts)
+		if err != nil {
+			return nil, fmt.Errorf("list nodes: %w", err)
+		}
+		for i := range list.Items {
+			ids, _ := IndexByID(&list.Items[i])
+			if slices.Contains(ids, id) {
+				out = append(out, &list.Items[i])
+			}
+		}
+		if opts.Continue = list.Continue; opts.Continue == "" {
+			break
+		}
+	}
+	slices.SortFunc(out, func(a, b *corev1.Node) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
 // Fresh reads a Node from the API server: a consistent read.
 func (d *Directory) Fresh(ctx context.Context, name string) (*corev1.Node, error) {
 	n, err := d.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
@@ -130,18 +155,6 @@ func (d *Directory) Get(name string) (*corev1.Node, error) {
 	return d.lister.Get(name)
 }
 
-// Exists asks the API server, not the cache, whether a Node exists.
-func (d *Directory) Exists(ctx context.Context, name string) (bool, error) {
-	_, err := d.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("get node %s: %w", name, err)
-	}
-	return true, nil
-}
-
 // List returns every Node in the cache.
 func (d *Directory) List() ([]*corev1.Node, error) {
 	if d.lister == nil {
@@ -150,16 +163,17 @@ func (d *Directory) List() ([]*corev1.Node, error) {
 	return d.lister.List(labels.Everything())
 }
 
-// StartDrain cordons the node and marks it Draining in group. If the node
-// was already unschedulable and not by us (an admin's cordon), it stays so
-// and is not marked as ours, so Uncordon will leave it cordoned. from, when
-// not nil, is a fresh read of the node to start from, so a lagging cache
-// cannot make it skip the cordon.
-func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group string) error {
+// StartDrain cordons the node and marks it Draining in group, for the
+// holding named holding (see Finish). If the node was already unschedulable
+// and not by us (an admin's cordon), it stays so and is not marked as ours,
+// so Finish will leave it cordoned. from is a fresh read of the node to start
+// from, so a lagging cache cannot make it skip the cordon.
+func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group, holding string) error {
 	return d.patchFrom(ctx, from.Name, from, false, func(n *corev1.Node) *nodePatch {
 		p := &nodePatch{annotations: map[string]*string{
-			annotations.Status: ptr(annotations.StatusDraining),
-			annotations.Group:  ptr(group),
+			annotations.Status:  ptr(annotations.StatusDraining),
+			annotations.Group:   ptr(group),
+			annotations.Holding: ptr(holding),
 		}}
 		if n.Annotations[annotations.Waiting] != "" || n.Annotations[annotations.WaitingAt] != "" {
 			p.annotations[annotations.Waiting] = nil
@@ -174,6 +188,7 @@ func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group str
 		}
 		if n.Annotations[annotations.Status] == annotations.StatusDraining && p.unschedulable == nil &&
 			n.Annotations[annotations.Group] == group && n.Annotations[annotations.Since] != "" &&
+			n.Annotations[annotations.Holding] == holding &&
 			n.Annotations[annotations.Waiting] == "" && n.Annotations[annotations.WaitingAt] == "" {
 			return nil
 		}
@@ -245,13 +260,20 @@ func Waiting(n *corev1.Node) bool {
 
 // Finish ends the node's reboot cycle: it uncordons the node only if we
 // cordoned it, and marks it Ready. A node the cycle never touched is left
-// alone.
-func (d *Directory) Finish(ctx context.Context, name string) error {
+// alone, and so is a node whose cycle is another holding's: Finish acts only
+// when the node's rebootmanager/holding is holding, or absent. Decided on a
+// fresh read of the node in the same conditional patch, this keeps a
+// release decided a moment ago from ending a cycle that started since.
+func (d *Directory) Finish(ctx context.Context, name, holding string) error {
 	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
 		if !InCycle(n) {
 			return nil
 		}
+		if mark := n.Annotations[annotations.Holding]; mark != "" && mark != holding {
+			return nil
+		}
 		p := &nodePatch{annotations: map[string]*string{
+			annotations.Holding:        nil,
 			annotations.Status:         ptr(annotations.StatusReady),
 			annotations.Group:          nil,
 			annotations.Since:          nil,
@@ -272,7 +294,7 @@ func (d *Directory) Finish(ctx context.Context, name string) error {
 // InCycle reports whether the node carries any mark of a reboot cycle.
 func InCycle(n *corev1.Node) bool {
 	a := n.Annotations
-	return a[annotations.CordonedBy] != "" || a[annotations.Group] != "" || a[annotations.Since] != "" ||
+	return a[annotations.CordonedBy] != "" || a[annotations.Group] != "" || a[annotations.Since] != "" || a[annotations.Holding] != "" ||
 		a[annotations.DrainMessage] != "" ||
 		(a[annotations.Status] != "" && a[annotations.Status] != annotations.StatusReady)
 }

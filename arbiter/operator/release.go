@@ -102,6 +102,7 @@ func Release(ctx context.Context, client kubernetes.Interface, where Where, targ
 	now := time.Now()
 	events := syncRecorder{client: client}
 	approvedBoot := "" // the boot id of a released approval of node, if any
+	holding := ""      // the node's released holding
 	for group, holders := range held {
 		if !slices.ContainsFunc(holders, func(h lock.Holder) bool { return ids[h.ID] || (node != nil && h.Node == node.Name) }) {
 			continue
@@ -113,6 +114,9 @@ func Release(ctx context.Context, client kubernetes.Interface, where Where, targ
 			return r, fmt.Errorf("release the slot of %s: %w", target, err)
 		}
 		for _, h := range gone {
+			if node != nil && h.Node == node.Name {
+				holding = h.Holding(group)
+			}
 			if h.Stage() == lock.PhaseApproved && h.Approval != nil && node != nil && h.Node == node.Name {
 				approvedBoot = h.Approval.BootID
 			}
@@ -146,7 +150,7 @@ func Release(ctx context.Context, client kubernetes.Interface, where Where, targ
 			"(run `kubectl uncordon %s` if it never will)", node.Name, node.Name)
 	case nodes.InCycle(fresh):
 		ours := fresh.Spec.Unschedulable && fresh.Annotations[annotations.CordonedBy] == annotations.CordonOwner
-		if err := dir.Finish(ctx, node.Name); err != nil {
+		if err := dir.Finish(ctx, node.Name, holding); err != nil {
 			r.Note = fmt.Sprintf("could not put node %s back in service (%v); the arbiter will retry", node.Name, err)
 			return r, nil
 		}

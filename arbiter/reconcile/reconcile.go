@@ -23,15 +23,15 @@ import (
 type Nodes interface {
 	Get(name string) (*corev1.Node, error)
 	List() ([]*corev1.Node, error)
-	Exists(ctx context.Context, name string) (bool, error)
-	Finish(ctx context.Context, name string) error
+	Fresh(ctx context.Context, name string) (*corev1.Node, error)
+	Finish(ctx context.Context, name, holding string) error
 }
 
 // Lock is what the reconciler needs of the semaphore.
 type Lock interface {
 	All() (map[string][]lock.Holder, error)
 	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
-	Release(ctx context.Context, group, id string) (bool, error)
+	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
 }
 
 // Config tunes the reconciler.
@@ -115,7 +115,7 @@ func (r *Reconciler) Pass(ctx context.Context) {
 				continue
 			}
 			holding[h.Node] = true
-			if _, err := r.nodes.Get(h.Node); apierrors.IsNotFound(err) {
+			if n, err := r.nodes.Get(h.Node); apierrors.IsNotFound(err) || (err == nil && h.NodeUID != "" && n.UID != h.NodeUID) {
 				r.releaseIfGone(ctx, group, h)
 			}
 		}
@@ -154,7 +154,9 @@ func (r *Reconciler) Pass(ctx context.Context) {
 			continue
 		}
 		log := r.log.With("node", n.Name, "group", n.Annotations[annotations.Group])
-		if err := r.nodes.Finish(ctx, n.Name); err != nil {
+		// Only the cycle the cache saw: one that started since the fresh
+		// read of the locks carries another holding and is left alone.
+		if err := r.nodes.Finish(ctx, n.Name, n.Annotations[annotations.Holding]); err != nil {
 			log.Warn("putting a node that holds no slot back in service failed", "err", err)
 			continue
 		}
@@ -162,22 +164,31 @@ func (r *Reconciler) Pass(ctx context.Context) {
 	}
 }
 
+// releaseIfGone releases h's holding when a fresh read shows its Node
+// deleted, or re-created under the same name (another uid): the cycle was
+// that Node's, and it will not come back.
 func (r *Reconciler) releaseIfGone(ctx context.Context, group string, h lock.Holder) {
 	log := r.log.With("node", h.Node, "group", group, "id", h.ID)
-	exists, err := r.nodes.Exists(ctx, h.Node)
-	if err != nil || exists {
+	n, err := r.nodes.Fresh(ctx, h.Node)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return
+	case h.NodeUID == "" || n.UID == h.NodeUID:
 		return
 	}
-	released, err := r.lock.Release(ctx, group, h.ID)
+	gone, err := r.lock.ReleaseMatching(ctx, group, func(x lock.Holder) bool {
+		return x.ID == h.ID && x.Node == h.Node && x.Since.Equal(h.Since)
+	})
 	if err != nil {
 		log.Warn("releasing the slot of a deleted node failed", "err", err)
 		return
 	}
-	if released {
-		log.Warn("released the slot of a deleted node", "held_since", h.Since)
+	if len(gone) > 0 {
+		log.Warn("released the slot of a deleted or re-created node", "held_since", h.Since)
 		r.cfg.Metrics.staleReleases.WithLabelValues(group).Inc()
 		r.events.Eventf(r.lockRef(group), corev1.EventTypeWarning, "StaleLockReleased",
-			"released the slot of node %s (id %s), which was deleted", h.Node, h.ID)
+			"released the slot of node %s (id %s), which was deleted or re-created", h.Node, h.ID)
 	}
 }
 

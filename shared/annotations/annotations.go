@@ -16,6 +16,10 @@ const (
 	Group = "rebootmanager/group"
 	// Since is when the node took its slot (RFC 3339).
 	Since = "rebootmanager/since"
+	// Holding names the slot holding whose cycle the node is in (group, id
+	// and when it took the slot); the end of that cycle removes it, and never
+	// a later cycle's.
+	Holding = "rebootmanager/holding"
 	// CordonedBy is "rebootmanager" when the arbiter cordoned the node; an
 	// admin's cordon never carries it, so the arbiter never undoes one.
 	CordonedBy = "rebootmanager/cordoned-by"
