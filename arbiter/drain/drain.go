@@ -293,9 +293,16 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 		return finished, err
 	}
 	log := d.log.With("node", name, "group", group, "id", holder.ID)
-	if !node.Spec.Unschedulable || (holder.NodeUID != "" && holder.NodeUID != node.UID) {
-		log.Info("not draining: the node is not cordoned, or is not the holder's", "unschedulable", node.Spec.Unschedulable)
+	if holder.NodeUID != "" && holder.NodeUID != node.UID {
+		log.Info("not draining: the Node was re-created since its slot was taken")
+		d.forget(name)
 		return finished, nil
+	}
+	if !node.Spec.Unschedulable {
+		// The holder records the drain before it cordons the node: look
+		// again shortly, with backoff.
+		log.Debug("not draining yet: the node is not cordoned")
+		return stalled, nil
 	}
 	pending, err := d.Pending(ctx, name)
 	if err != nil {

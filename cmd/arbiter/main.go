@@ -245,7 +245,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}); err != nil {
 		return fmt.Errorf("watch the lock objects: %w", err)
 	}
+	// A node shown Draining is a hint for the drainer, which confirms it on
+	// fresh reads of the lock objects and the node.
+	enqueueDraining := func(obj any) {
+		if n, ok := obj.(*corev1.Node); ok && n.Annotations[annotations.Status] == annotations.StatusDraining {
+			drainer.Enqueue(n.Name)
+		}
+	}
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueueDraining,
+		UpdateFunc: func(_, obj any) { enqueueDraining(obj) },
 		DeleteFunc: func(any) { reconciler.Kick() },
 	}); err != nil {
 		return fmt.Errorf("watch nodes: %w", err)
