@@ -371,15 +371,19 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 		if err != nil {
 			return c.failed(ctx, log, "read the node", err)
 		}
+		ids, _ := nodes.IndexByID(n)
+		identified := slices.Contains(ids, p.ID)
 		var pending drain.Pending
-		if n.Spec.Unschedulable {
+		if identified && n.Spec.Unschedulable {
 			if pending, err = c.drainer.Pending(ctx, h.Node); err != nil {
 				return c.failed(ctx, log, "list the node's pods", err)
 			}
 		}
-		st := decide(h, n.Spec.Unschedulable, pending)
+		st := decide(h, slices.Contains(ids, p.ID), n.Spec.Unschedulable, pending)
 		log.Debug("pre-reboot step", "step", st.String(), "phase", h.Stage(), "cordoned", n.Spec.Unschedulable, "pods", len(pending.Pods))
 		switch st {
+		case stepRefuse:
+			return c.ambiguous(log, p.ID, fmt.Sprintf("node %s, whose slot it holds, no longer carries it (ids %v)", h.Node, ids))
 		case stepConfirm:
 			// Recursive: approved before, and the node is still cordoned and
 			// empty. Read the lock again after the node and its pods: a

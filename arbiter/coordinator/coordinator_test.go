@@ -32,6 +32,8 @@ type fake struct {
 	notReady  error
 	// releaseOnPending empties the lock when the pods are listed.
 	releaseOnPending bool
+	// idMoved: the fresh node carries another id than the cache said.
+	idMoved bool
 }
 
 func (f *fake) call(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.Unlock() }
@@ -43,7 +45,11 @@ func (f *fake) LookupFresh(context.Context, string) ([]*corev1.Node, error) {
 }
 func (f *fake) Fresh(_ context.Context, name string) (*corev1.Node, error) {
 	f.call("Fresh")
-	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{Unschedulable: f.cordoned},
+	ann := map[string]string{annotations.ZincatiID: "id"}
+	if f.idMoved {
+		ann[annotations.ZincatiID] = "another-id"
+	}
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann}, Spec: corev1.NodeSpec{Unschedulable: f.cordoned},
 		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: "boot-1"}}}, nil
 }
 func (f *fake) StartDrain(context.Context, *corev1.Node, string, string) error {
@@ -109,8 +115,10 @@ func TestDecide(t *testing.T) {
 	pendings := map[string]drain.Pending{
 		"empty": {}, "pods": onePod, "unevictable": {Problems: []string{"no controller"}},
 	}
-	want := func(p lock.Phase, cordoned bool, pods string) step {
+	want := func(p lock.Phase, identified, cordoned bool, pods string) step {
 		switch {
+		case !identified:
+			return stepRefuse
 		case !cordoned:
 			return stepCordon
 		case pods != "empty" && p == lock.PhaseDraining:
@@ -124,23 +132,26 @@ func TestDecide(t *testing.T) {
 	}
 	approvals := 0
 	for _, p := range phases {
-		for _, cordoned := range []bool{false, true} {
-			for name, pending := range pendings {
-				got := decide(lock.Holder{Phase: p}, cordoned, pending)
-				if w := want(p, cordoned, name); got != w {
-					t.Errorf("decide(phase %q, cordoned %v, %s) = %s, want %s", p, cordoned, name, got, w)
-				}
-				if got == stepApprove || got == stepConfirm {
-					approvals++
-					if !cordoned || !pending.Done() {
-						t.Errorf("decide(phase %q, cordoned %v, %s) = %s: a 200 for a node not cordoned and empty", p, cordoned, name, got)
+		for _, identified := range []bool{false, true} {
+			for _, cordoned := range []bool{false, true} {
+				for name, pending := range pendings {
+					got := decide(lock.Holder{Phase: p}, identified, cordoned, pending)
+					if w := want(p, identified, cordoned, name); got != w {
+						t.Errorf("decide(phase %q, identified %v, cordoned %v, %s) = %s, want %s", p, identified, cordoned, name, got, w)
+					}
+					if got == stepApprove || got == stepConfirm {
+						approvals++
+						if !identified || !cordoned || !pending.Done() {
+							t.Errorf("decide(phase %q, identified %v, cordoned %v, %s) = %s: a 200 for a node not identified, cordoned and empty",
+								p, identified, cordoned, name, got)
+						}
 					}
 				}
 			}
 		}
 	}
 	if approvals != len(phases) {
-		t.Errorf("%d combinations answer 200, want %d (cordoned and empty, one per phase)", approvals, len(phases))
+		t.Errorf("%d combinations answer 200, want %d (identified, cordoned and empty: one per phase)", approvals, len(phases))
 	}
 }
 
@@ -187,6 +198,8 @@ func TestPreReboot(t *testing.T) {
 			fleetlock.KindLockHeld, "released", "Acquire Fresh Pending", ""},
 		{"approved, uncordoned by hand: drained again", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, pending: onePod}, false,
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+		{"the fresh node no longer carries the id: refused, never approved", &fake{found: []*corev1.Node{n1}, cordoned: true, idMoved: true}, false,
+			fleetlock.KindAmbiguousID, "no longer carries it", "Acquire Check Fresh", lock.PhaseTaken},
 		{"ambiguous id, no slot: refused, both named", &fake{found: []*corev1.Node{n1, node("n2", "")}}, false,
 			fleetlock.KindAmbiguousID, "n1, n2", "Get Event(AmbiguousZincatiID) Event(AmbiguousZincatiID)", ""},
 		{"ambiguous id holding a slot: the lock object's node", &fake{found: []*corev1.Node{n1, node("n2", "")}, cordoned: true, memLock: memLock{holders: holding("id", "n2", lock.PhaseDraining)}}, false,

@@ -20,10 +20,13 @@ const (
 	// stepConfirm: the reboot was approved and nothing changed since: 200
 	// again, with no write (the lock is recursive).
 	stepConfirm
+	// stepRefuse: the node no longer carries the id that asks: this is not
+	// the host the slot was taken for.
+	stepRefuse
 )
 
 func (s step) String() string {
-	return [...]string{"cordon", "wait", "approve", "confirm"}[s]
+	return [...]string{"cordon", "wait", "approve", "confirm", "refuse"}[s]
 }
 
 // decide is the pre-reboot decision for a node whose id holds a slot. It is
@@ -31,15 +34,20 @@ func (s step) String() string {
 //
 //   - h, the holder's record as the caller's own compare-and-swap (or a
 //     consistent read) of the lock object returned it;
-//   - cordoned, the node's spec.unschedulable from a consistent GET;
+//   - identified, whether that node, in a consistent GET, still carries the
+//     id that asks (its agent-published id, or the id its machine id
+//     derives to): the cache that named it may lag;
+//   - cordoned, the node's spec.unschedulable from the same GET;
 //   - pending, the node's pods from a consistent LIST made after that GET.
 //
 // It never reads a cache or a node annotation: those lag, and a 200 lets
 // Zincati reboot. A holder new in this request (PhaseTaken) is always
 // cordoned before it can be approved, unless the fresh GET shows the node
 // already unschedulable; every approval needs the node cordoned and empty.
-func decide(h lock.Holder, cordoned bool, pending drain.Pending) step {
+func decide(h lock.Holder, identified, cordoned bool, pending drain.Pending) step {
 	switch {
+	case !identified:
+		return stepRefuse
 	case !cordoned:
 		return stepCordon
 	case !pending.Done() && h.Stage() == lock.PhaseDraining:

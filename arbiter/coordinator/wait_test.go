@@ -15,6 +15,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
 
@@ -312,7 +313,8 @@ func (d *drainingNode) Lookup(string) ([]*corev1.Node, error) {
 func (d *drainingNode) Fresh(context.Context, string) (*corev1.Node, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{Unschedulable: d.cordoned}}, nil
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{annotations.ZincatiID: "id"}},
+		Spec: corev1.NodeSpec{Unschedulable: d.cordoned}}, nil
 }
 
 func (d *drainingNode) StartDrain(context.Context, *corev1.Node, string, string) error {
