@@ -131,11 +131,15 @@ func TestLeadershipFlap(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	ns := cluster.Namespace(t)
-	// Two nodes of the pool: the evicted pods move to the second, so the
-	// budget lets the next one go.
-	node := newNodes(t, ns, 2, nil)[0]
+	node := newNodes(t, ns, 1, nil)[0]
 	must(t, fixtures.CreateGuarded(ctx, cluster.Client, ns, "web", ns, 2, 1))
 	must(t, fixtures.WaitRunning(ctx, cluster.Client, ns, "app=web", 2))
+	// A second node of the pool, made once both pods run on the first: the
+	// evicted pods move to it, so the budget lets the next one go.
+	newNodes(t, ns, 1, nil)
+	if pods, err := fixtures.PodsOn(ctx, cluster.Client, ns, node.name); err != nil || len(pods) != 2 {
+		t.Fatalf("pods on %s = %d (%v), want 2", node.name, len(pods), err)
+	}
 	a := startArbiter(t, ns)
 	harness.Eventually(t, 30*time.Second, "leading", func() error {
 		if a.logged(t, "leading: draining and reconciling") == 0 {
