@@ -63,6 +63,7 @@ type Semaphore struct {
 	namespace string
 	lister    coordinationlisters.LeaseLister
 	now       func() time.Time
+	fresh     *sharedRead[map[string][]Holder]
 }
 
 // New returns a Semaphore that writes through client and reads the cheap,
@@ -70,7 +71,9 @@ type Semaphore struct {
 // the Leases labelled Label in namespace. A one-shot command that uses only
 // Acquire, Release and Fresh may pass a nil lister.
 func New(client coordinationclient.LeasesGetter, lister coordinationlisters.LeaseLister, namespace string) *Semaphore {
-	return &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now}
+	s := &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now}
+	s.fresh = &sharedRead[map[string][]Holder]{read: s.list, timeout: 30 * time.Second}
+	return s
 }
 
 // Get reads a group's lock object from the API server: a consistent read,
@@ -222,9 +225,16 @@ func (s *Semaphore) All() (map[string][]Holder, error) {
 	return byGroup(leases)
 }
 
-// Fresh returns every group's holders read from the API server, for
-// decisions that must not act on a stale cache.
+// Fresh returns every group's holders from a consistent list of the lock
+// objects that started after the call, for decisions that must not act on
+// a stale cache. Concurrent calls share lists (see sharedRead), so a burst
+// of steady-states costs far fewer than one API request each. The result is
+// shared: do not modify it.
 func (s *Semaphore) Fresh(ctx context.Context) (map[string][]Holder, error) {
+	return s.fresh.do(ctx)
+}
+
+func (s *Semaphore) list(ctx context.Context) (map[string][]Holder, error) {
 	list, err := s.client.Leases(s.namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=true"})
 	if err != nil {
 		return nil, fmt.Errorf("list lock objects: %w", err)
