@@ -26,6 +26,10 @@ import (
 // status command can select them.
 const Label = "rebootmanager/lock"
 
+// FreshSpacing is the least time between two shared fresh lists (see
+// Fresh): at most 20 a second, whatever the request rate.
+const FreshSpacing = 50 * time.Millisecond
+
 // MaxAttempts bounds the compare-and-swap retries of one operation.
 const MaxAttempts = 8
 
@@ -72,7 +76,7 @@ type Semaphore struct {
 // Acquire, Release and Fresh may pass a nil lister.
 func New(client coordinationclient.LeasesGetter, lister coordinationlisters.LeaseLister, namespace string) *Semaphore {
 	s := &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now}
-	s.fresh = &sharedRead[map[string][]Holder]{read: s.list, timeout: 30 * time.Second}
+	s.fresh = &sharedRead[map[string][]Holder]{read: s.list, timeout: 30 * time.Second, spacing: FreshSpacing}
 	return s
 }
 

@@ -12,14 +12,18 @@ import (
 // for the next one, which starts when the one in flight ends and serves
 // them all. Under load each read serves many callers, so the API requests
 // per caller fall below one while every answer stays as fresh as its own
-// read would have been.
+// read would have been. Reads start at least spacing apart, so a flood of
+// callers costs at most one read per spacing and leaves the rest of the
+// client's request budget to drains and compare-and-swaps.
 type sharedRead[T any] struct {
 	read    func(context.Context) (T, error)
 	timeout time.Duration
+	spacing time.Duration
 
 	mu       sync.Mutex
 	inFlight bool
 	next     *round[T] // the round that starts when the one in flight ends
+	last     time.Time // when the last read started
 }
 
 type round[T any] struct {
@@ -55,6 +59,15 @@ func (s *sharedRead[T]) do(ctx context.Context) (T, error) {
 // run reads for r, then for the round that gathered meanwhile, if any.
 func (s *sharedRead[T]) run(r *round[T]) {
 	for r != nil {
+		s.mu.Lock()
+		wait := time.Until(s.last.Add(s.spacing))
+		s.mu.Unlock()
+		if wait > 0 {
+			time.Sleep(wait)
+		}
+		s.mu.Lock()
+		s.last = time.Now()
+		s.mu.Unlock()
 		// The read serves several callers, so no one caller's context
 		// bounds it.
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)

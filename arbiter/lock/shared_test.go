@@ -13,7 +13,7 @@ import (
 func TestSharedReadIsFresh(t *testing.T) {
 	var writes atomic.Int64 // the "state": a counter bumped before each call
 	var reads atomic.Int64
-	s := &sharedRead[int64]{timeout: time.Second, read: func(context.Context) (int64, error) {
+	s := &sharedRead[int64]{timeout: time.Second, spacing: time.Millisecond, read: func(context.Context) (int64, error) {
 		reads.Add(1)
 		v := writes.Load()
 		time.Sleep(2 * time.Millisecond)
