@@ -356,19 +356,29 @@ func TestGroupsConfigMapFailsClosed(t *testing.T) {
 
 // previousRelease is the commit of the release before the lock object's
 // schema 2.
-const previousRelease = "bf41146"
+const previousRelease = "bf411467d9e037a60708eab19a245bcb6e4d40ef"
 
 // previousArbiter builds the arbiter of previousRelease from this
 // repository's history.
 func previousArbiter(t *testing.T) string {
 	t.Helper()
+	git := func(args ...string) error {
+		return exec.Command("git", append([]string{"-C", cluster.Root}, args...)...).Run()
+	}
+	if git("cat-file", "-e", previousRelease+"^{commit}") != nil {
+		// A shallow clone: fetch the commit from where it was cloned.
+		_ = git("fetch", "--quiet", "origin", previousRelease)
+	}
+	if git("cat-file", "-e", previousRelease+"^{commit}") != nil {
+		t.Skipf("the repository's history lacks the previous release %s, so the upgrade from it cannot be tested here", previousRelease)
+	}
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
 	if out, err := exec.Command("git", "-C", cluster.Root, "worktree", "add", "--detach", src, previousRelease).CombinedOutput(); err != nil {
 		t.Fatalf("check out the previous release %s (the test needs the repository's history): %v\n%s", previousRelease, err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("git", "-C", cluster.Root, "worktree", "remove", "--force", src).Run() })
-	path := filepath.Join(dir, "arbiter-"+previousRelease)
+	path := filepath.Join(dir, "arbiter-previous")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", path, "./cmd/arbiter")
 	cmd.Dir, cmd.Env = src, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
