@@ -201,13 +201,10 @@ func (s *Semaphore) ReleaseMatching(ctx context.Context, group string, match fun
 	return gone, nil
 }
 
-// Holders returns, from the cache, the holders of group. It makes no API
-// request and may lag: use it to turn a request away or to show state,
-// never to say yes.
-func (s *Semaphore) Holders(group string) []Holder { return s.Cached(group) }
-
 // Cached returns group's holders as the cache last saw them, without an API
-// request; nil when the group has no lock object or it cannot be read.
+// request; nil when the group has no lock object or it cannot be read. It
+// may lag: use it to turn a request away, as a hint or to show state, never
+// to say yes.
 func (s *Semaphore) Cached(group string) []Holder {
 	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
 	if err != nil {
