@@ -98,6 +98,9 @@ func TestAgentOwnNodePolicy(t *testing.T) {
 		{"own status annotation", own, `{"metadata":{"annotations":{"rebootmanager/status":"Ready"}}}`, false},
 		{"own label", own, `{"metadata":{"labels":{"rebootmanager/group":"x"}}}`, false},
 		{"own cordon", own, `{"spec":{"unschedulable":true}}`, false},
+		{"an owner that does not exist (the GC would delete the Node)", own,
+			`{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"ConfigMap","name":"gone","uid":"00000000-0000-0000-0000-000000000001"}]}}`, false},
+		{"a finalizer that pins the Node", own, `{"metadata":{"finalizers":["example.com/pin"]}}`, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,6 +112,20 @@ func TestAgentOwnNodePolicy(t *testing.T) {
 				t.Errorf("denial = %v, want Forbidden/Invalid from the policy", err)
 			}
 		})
+	}
+	if n := getNode(t, own); len(n.OwnerReferences) != 0 || len(n.Finalizers) != 0 {
+		t.Errorf("own node's owners %v, finalizers %v: want none", n.OwnerReferences, n.Finalizers)
+	}
+
+	// A token without the node-name extra is denied by the policy's own
+	// rule, with its message.
+	cfg.Impersonate.Extra = nil
+	unbound, err := kubernetes.NewForConfig(cfg)
+	must(t, err)
+	_, err = unbound.CoreV1().Nodes().Patch(ctx, own, types.MergePatchType,
+		[]byte(`{"metadata":{"annotations":{"rebootmanager/zincati-id":"`+nodes[0].id+`"}}}`), metav1.PatchOptions{})
+	if err == nil || !strings.Contains(err.Error(), "token bound to a pod") {
+		t.Errorf("patch with an unbound token = %v, want the policy's denial", err)
 	}
 }
 
