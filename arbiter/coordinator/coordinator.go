@@ -32,10 +32,15 @@ type Nodes interface {
 	LookupFresh(ctx context.Context, id string) ([]*corev1.Node, error)
 	// Fresh reads a Node from the API server.
 	Fresh(ctx context.Context, name string) (*corev1.Node, error)
+	// StartDrain cordons the node for a holding and mirrors Draining.
 	StartDrain(ctx context.Context, from *corev1.Node, group, holding string) error
+	// MarkRebooting mirrors an approval.
 	MarkRebooting(ctx context.Context, name, bootID string) error
+	// SetWaiting shows why a pre-reboot was turned away ("" clears it).
 	SetWaiting(ctx context.Context, name, reason string) error
+	// Finish ends the holding's cycle on the node: uncordon if ours, Ready.
 	Finish(ctx context.Context, name, holding string) error
+	// Event records an Event on the node.
 	Event(n *corev1.Node, eventType, reason, format string, args ...any)
 }
 
@@ -349,15 +354,6 @@ func (c *Coordinator) noteWaiting(ctx context.Context, log *slog.Logger, group s
 	}
 }
 
-// reason is the value of a FleetLock error, for the node's waiting mark.
-func reason(err error) string {
-	var fe *fleetlock.Error
-	if errors.As(err, &fe) {
-		return fe.Value
-	}
-	return err.Error()
-}
-
 // cycle drives a holder's node through the cycle until its reboot is
 // approved: each round reads the node (GET) and its pods (LIST) fresh, and
 // decide says what to do with them and the holder's record, which every
@@ -373,14 +369,18 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 		}
 		ids, _ := nodes.IndexByID(n)
 		identified := slices.Contains(ids, p.ID)
+		// Cordoned for this holding: unschedulable and marked as its cycle, so
+		// that only this cycle's end uncordons it (an admin's or an earlier
+		// cycle's cordon gets the mark first).
+		cordoned := n.Spec.Unschedulable && n.Annotations[annotations.Holding] == h.Holding(p.Group)
 		var pending drain.Pending
-		if identified && n.Spec.Unschedulable {
+		if identified && cordoned {
 			if pending, err = c.drainer.Pending(ctx, h.Node); err != nil {
 				return c.failed(ctx, log, "list the node's pods", err)
 			}
 		}
-		st := decide(h, slices.Contains(ids, p.ID), n.Spec.Unschedulable, pending)
-		log.Debug("pre-reboot step", "step", st.String(), "phase", h.Stage(), "cordoned", n.Spec.Unschedulable, "pods", len(pending.Pods))
+		st := decide(h, identified, cordoned, pending)
+		log.Debug("pre-reboot step", "step", st.String(), "phase", h.Stage(), "cordoned", cordoned, "pods", len(pending.Pods))
 		switch st {
 		case stepRefuse:
 			return c.ambiguous(log, p.ID, fmt.Sprintf("node %s, whose slot it holds, no longer carries it (ids %v)", h.Node, ids))
@@ -397,7 +397,9 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			return c.approve(ctx, log, p, h, n)
 		case stepCordon:
 			// Record the drain first: the compare-and-swap proves the slot is
-			// still ours, so a released holding never cordons the node again.
+			// still ours a moment before the cordon. (A release landing in
+			// between leaves a cordon with this holding's mark, which the
+			// reconciler removes.)
 			if h, err = c.advance(ctx, p, h, func(r *lock.Holder) {
 				r.Phase, r.Approval = lock.PhaseDraining, nil
 			}); err != nil {
@@ -434,11 +436,27 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 // compare-and-swap that fails if the holding is gone: a slot released while
 // the request waited is never approved. Only then does it answer 200.
 func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, h lock.Holder, n *corev1.Node) error {
+	// The cache said the id names this Node alone; a clone that joined a
+	// moment ago would make the 200 go to the wrong host. Once per cycle,
+	// confirm it on a consistent list of the Nodes.
+	found, err := c.nodes.LookupFresh(ctx, p.ID)
+	if err != nil {
+		return c.failed(ctx, log, "confirm the id names one Node", err)
+	}
+	if len(found) != 1 || found[0].Name != n.Name {
+		names := make([]string, len(found))
+		for i, f := range found {
+			names[i] = f.Name
+		}
+		return c.ambiguous(log, p.ID, "it matches the Nodes "+strings.Join(names, ", "))
+	}
 	now := c.now()
+	mine := false
 	rec, err := c.advance(ctx, p, h, func(r *lock.Holder) {
 		if r.Stage() == lock.PhaseApproved {
 			return // approved meanwhile through another replica
 		}
+		mine = true
 		r.Phase, r.NodeUID = lock.PhaseApproved, n.UID
 		r.Approval = &lock.Approval{At: now.UTC(), BootID: n.Status.NodeInfo.BootID, OSImage: n.Status.NodeInfo.OSImage,
 			OSVersion: n.Annotations[annotations.OSVersion]}
@@ -447,8 +465,10 @@ func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock
 		return c.failed(ctx, log, "record the approval", err)
 	}
 	c.mirrorApproval(ctx, log, rec)
-	c.metrics.drainSeconds.WithLabelValues(p.Group).Observe(now.Sub(h.Since).Seconds())
-	log.Info("reboot approved")
+	if mine {
+		c.metrics.drainSeconds.WithLabelValues(p.Group).Observe(now.Sub(h.Since).Seconds())
+		log.Info("reboot approved")
+	}
 	return nil
 }
 
@@ -525,7 +545,9 @@ func (c *Coordinator) WakeAll() {
 // holds a match is released by compare-and-swap, so a slot taken a moment
 // ago through another replica, or under another group, is never missed. A
 // holder matches by id, or by its node (name and uid) when the id names
-// exactly one Node, so a changed id or group cannot leak a slot. A
+// exactly one Node, so a changed group, or an id change the cache has seen,
+// cannot leak a slot (one it has not seen yet is released by the next
+// steady-state, or by hand). A
 // steady-state of a host that holds nothing costs that one LIST.
 func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams) error {
 	log := c.log.With("id", p.ID, "group", p.Group)

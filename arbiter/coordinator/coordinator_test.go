@@ -34,6 +34,7 @@ type fake struct {
 	releaseOnPending bool
 	// idMoved: the fresh node carries another id than the cache said.
 	idMoved bool
+	marked  bool // the node carries the mark of id's holding (see holding)
 }
 
 func (f *fake) call(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.Unlock() }
@@ -41,20 +42,26 @@ func (f *fake) call(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.
 func (f *fake) Lookup(string) ([]*corev1.Node, error) { return f.found, nil }
 func (f *fake) LookupFresh(context.Context, string) ([]*corev1.Node, error) {
 	f.call("LookupFresh")
+	if f.fresh == nil {
+		return f.found, nil
+	}
 	return f.fresh, nil
 }
 func (f *fake) Fresh(_ context.Context, name string) (*corev1.Node, error) {
 	f.call("Fresh")
 	ann := map[string]string{annotations.ZincatiID: "id"}
+	if f.marked {
+		ann[annotations.Holding] = holdingMark("id")
+	}
 	if f.idMoved {
 		ann[annotations.ZincatiID] = "another-id"
 	}
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann}, Spec: corev1.NodeSpec{Unschedulable: f.cordoned},
 		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: "boot-1"}}}, nil
 }
-func (f *fake) StartDrain(context.Context, *corev1.Node, string, string) error {
+func (f *fake) StartDrain(_ context.Context, _ *corev1.Node, _, holding string) error {
 	f.call("StartDrain")
-	f.cordoned = true
+	f.cordoned, f.marked = true, holding == holdingMark("id")
 	return nil
 }
 func (f *fake) MarkRebooting(context.Context, string, string) error {
@@ -102,6 +109,9 @@ func waiting() *corev1.Node {
 	n.Annotations[annotations.Waiting] = "group full"
 	return n
 }
+
+// holdingMark is the node mark of id's holding as holding makes it.
+func holdingMark(id string) string { return holding(id, "", "")[0].Holding("g") }
 
 func holding(id, node string, phase lock.Phase) []lock.Holder {
 	return []lock.Holder{{ID: id, Node: node, Phase: phase, Since: time.Unix(1, 0)}}
@@ -179,8 +189,8 @@ func TestPreReboot(t *testing.T) {
 			fleetlock.KindPaused, "paused", "Acquire Check SetWaiting(paused)", ""},
 		{"gate cannot list pods: fails closed", &fake{found: []*corev1.Node{n1}, gateErr: errors.New("apiserver down")}, false,
 			fleetlock.KindInternal, "apiserver down", "Acquire Check", ""},
-		{"holder: gate skipped on the fresh lock", &fake{found: []*corev1.Node{n1}, cordoned: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, gateErr: errors.New("x")}, false,
-			"", "", "Acquire Fresh Pending Advance(Approved) MarkRebooting", lock.PhaseApproved},
+		{"holder: gate skipped on the fresh lock", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, gateErr: errors.New("x")}, false,
+			"", "", "Acquire Fresh Pending LookupFresh Advance(Approved) MarkRebooting", lock.PhaseApproved},
 		{"lock contention fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrContention}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
 		{"newer lock schema fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrNewerSchema}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
 		{"lock error", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: errors.New("boom")}}, false, fleetlock.KindInternal, "boom", "Acquire", ""},
@@ -189,12 +199,12 @@ func TestPreReboot(t *testing.T) {
 		{"unevictable pod blocks", &fake{found: []*corev1.Node{n1}, pending: drain.Pending{Problems: []string{"no controller: a/p"}}},
 			false, fleetlock.KindDrainInProgress, "no controller", "Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"new holder of an empty node is cordoned before the approval", &fake{found: []*corev1.Node{n1}}, false, "", "",
-			"Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Advance(Approved) MarkRebooting", lock.PhaseApproved},
+			"Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending LookupFresh Advance(Approved) MarkRebooting", lock.PhaseApproved},
 		{"stale node mirror says Rebooting, new holder: still drained", &fake{found: []*corev1.Node{node("n1", annotations.StatusRebooting)}, pending: onePod}, false,
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
-		{"approved, still cordoned and empty: 200, no write", &fake{found: []*corev1.Node{n1}, cordoned: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, false,
+		{"approved, still cordoned and empty: 200, no write", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, false,
 			"", "", "Acquire Fresh Pending MarkRebooting", lock.PhaseApproved},
-		{"approved, released before the confirmation: not 200", &fake{found: []*corev1.Node{n1}, cordoned: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, releaseOnPending: true}, false,
+		{"approved, released before the confirmation: not 200", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, releaseOnPending: true}, false,
 			fleetlock.KindLockHeld, "released", "Acquire Fresh Pending", ""},
 		{"approved, uncordoned by hand: drained again", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, pending: onePod}, false,
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
@@ -202,8 +212,8 @@ func TestPreReboot(t *testing.T) {
 			fleetlock.KindAmbiguousID, "no longer carries it", "Acquire Check Fresh", lock.PhaseTaken},
 		{"ambiguous id, no slot: refused, both named", &fake{found: []*corev1.Node{n1, node("n2", "")}}, false,
 			fleetlock.KindAmbiguousID, "n1, n2", "Get Event(AmbiguousZincatiID) Event(AmbiguousZincatiID)", ""},
-		{"ambiguous id holding a slot: the lock object's node", &fake{found: []*corev1.Node{n1, node("n2", "")}, cordoned: true, memLock: memLock{holders: holding("id", "n2", lock.PhaseDraining)}}, false,
-			"", "", "Get Acquire Fresh Pending Advance(Approved) MarkRebooting", lock.PhaseApproved},
+		{"ambiguous id holding a slot: the lock object's node is drained, but no 200 while the id is ambiguous", &fake{found: []*corev1.Node{n1, node("n2", "")}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n2", lock.PhaseDraining)}}, false,
+			fleetlock.KindAmbiguousID, "n1, n2", "Get Acquire Fresh Pending LookupFresh", lock.PhaseDraining},
 		{"slot held for another node than the id names now", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n2", lock.PhaseDraining)}}, false,
 			fleetlock.KindAmbiguousID, "n2", "Acquire", lock.PhaseDraining},
 	}

@@ -303,6 +303,7 @@ type drainingNode struct {
 	looks     int
 	emptyAt   int
 	cordoned  bool
+	holding   string
 	rebooting bool
 }
 
@@ -310,17 +311,21 @@ func (d *drainingNode) Lookup(string) ([]*corev1.Node, error) {
 	return []*corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}}, nil
 }
 
+func (d *drainingNode) LookupFresh(context.Context, string) ([]*corev1.Node, error) {
+	return d.Lookup("")
+}
+
 func (d *drainingNode) Fresh(context.Context, string) (*corev1.Node, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{annotations.ZincatiID: "id"}},
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{annotations.ZincatiID: "id", annotations.Holding: d.holding}},
 		Spec: corev1.NodeSpec{Unschedulable: d.cordoned}}, nil
 }
 
-func (d *drainingNode) StartDrain(context.Context, *corev1.Node, string, string) error {
+func (d *drainingNode) StartDrain(_ context.Context, _ *corev1.Node, _, holding string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.cordoned = true
+	d.cordoned, d.holding = true, holding
 	return nil
 }
 

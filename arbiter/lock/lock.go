@@ -71,7 +71,7 @@ type Semaphore struct {
 }
 
 // New returns a Semaphore that writes through client and reads the cheap,
-// possibly stale views (Holds, Cached, All) from lister, which must watch
+// possibly stale views (Cached, All) from lister, which must watch
 // the Leases labelled Label in namespace. A one-shot command that uses only
 // Acquire, Release and Fresh may pass a nil lister.
 func New(client coordinationclient.LeasesGetter, lister coordinationlisters.LeaseLister, namespace string) *Semaphore {

@@ -175,9 +175,6 @@ func Decode(l *coordinationv1.Lease) ([]Holder, error) {
 	return o.Holders, nil
 }
 
-// DecodeObject returns the whole lock object.
-func DecodeObject(l *coordinationv1.Lease) (Object, error) { return decode(l) }
-
 func decode(l *coordinationv1.Lease) (Object, error) {
 	o := Object{Group: l.Annotations[annotations.LockGroup], ResourceVersion: l.ResourceVersion}
 	if v := l.Annotations[annotations.LockSchema]; v != "" {

@@ -9,8 +9,8 @@ const (
 	Status = "rebootmanager/status"
 	// ZincatiID is the node's Zincati id, published by the agent.
 	ZincatiID = "rebootmanager/zincati-id"
-	// OSVersion is VERSION from the host's os-release, published by the
-	// agent; an approval records it.
+	// OSVersion is VERSION from the host's os-release, for the agent to
+	// publish (it does not yet); an approval records it when present.
 	OSVersion = "rebootmanager/os-version"
 	// Group is the reboot group the node holds a slot in.
 	Group = "rebootmanager/group"
