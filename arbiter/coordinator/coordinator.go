@@ -229,10 +229,7 @@ func (c *Coordinator) resolve(ctx context.Context, log *slog.Logger, p fleetlock
 			}
 		}
 	}
-	names := make([]string, len(found))
-	for i, n := range found {
-		names[i] = n.Name
-	}
+	names := nodeNames(found)
 	for _, n := range found {
 		c.nodes.Event(n, corev1.EventTypeWarning, "AmbiguousZincatiID",
 			"Zincati id %s matches several Nodes: %s; their requests are refused until one changes", p.ID, strings.Join(names, ", "))
@@ -444,11 +441,7 @@ func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock
 		return c.failed(ctx, log, "confirm the id names one Node", err)
 	}
 	if len(found) != 1 || found[0].Name != n.Name {
-		names := make([]string, len(found))
-		for i, f := range found {
-			names[i] = f.Name
-		}
-		return c.ambiguous(log, p.ID, "it matches the Nodes "+strings.Join(names, ", "))
+		return c.ambiguous(log, p.ID, "it matches the Nodes "+strings.Join(nodeNames(found), ", "))
 	}
 	now := c.now()
 	mine := false
@@ -682,6 +675,16 @@ func failure(log *slog.Logger, doing string, err error) error {
 	return fleetlock.Errorf(kind, "could not %s: %v", doing, err)
 }
 
+// nodeNames lists the names of ns.
+func nodeNames(ns []*corev1.Node) []string {
+	out := make([]string, len(ns))
+	for i, n := range ns {
+		out[i] = n.Name
+	}
+	return out
+}
+
+// nodeName is n's name, or "" for no Node.
 func nodeName(n *corev1.Node) string {
 	if n == nil {
 		return ""
