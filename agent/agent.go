@@ -1,7 +1,8 @@
 // Package agent configures Zincati on its host: it derives the FleetLock
-// drop-in from the arbiter's Service and the Node's group label, writes it
-// when it changes, restarts Zincati only when the node holds no reboot slot,
-// and publishes the host's Zincati id on its Node.
+// drop-in from the arbiter's Service and the Node's group label, gives the
+// host a credential, writes the drop-in when it changes, restarts Zincati
+// only when the node is not in a reboot cycle, and publishes the host's
+// Zincati id and its credential's hash on its Node.
 package agent
 
 import (
@@ -28,6 +29,7 @@ import (
 
 	"github.com/rebootmanager/reboot-manager/agent/dropin"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
 )
 
@@ -130,8 +132,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// Sync makes one reconcile pass: publish the id, write the drop-in, and
-// restart Zincati if the drop-in changed and the node holds no slot.
+// Sync makes one reconcile pass: publish the id, make sure the host has a
+// credential whose hash the Node carries, write the drop-in, and restart
+// Zincati if the drop-in changed (or a previous credential is still
+// accepted) and the node is not in a reboot cycle.
 func (a *Agent) Sync(ctx context.Context) error {
 	node, err := a.nodes.Get(a.cfg.NodeName)
 	if err != nil {
@@ -145,25 +149,36 @@ func (a *Agent) Sync(ctx context.Context) error {
 		return err
 	}
 	group := node.Labels[annotations.GroupLabel]
-	content, err := dropin.Render(dropin.Settings{BaseURL: baseURL, Group: group})
-	if err != nil {
-		return err
-	}
 	dir := filepath.Join(a.cfg.HostRoot, a.cfg.ConfigDir)
-	changed, err := dropin.Write(dir, a.cfg.FileName, content)
+	log := a.log.With("base_url", credential.Redact(baseURL), "group", group)
+	secret, err := a.credential(ctx, log, node, dir)
 	if err != nil {
 		return err
 	}
-	log := a.log.With("base_url", baseURL, "group", group, "changed", changed)
+	acc := dropin.Public
+	if secret != "" {
+		acc = a.access(log)
+	}
+	content, err := dropin.Render(dropin.Settings{BaseURL: baseURL, Group: group, User: node.Name, Secret: secret})
+	if err != nil {
+		return err
+	}
+	changed, err := dropin.Write(dir, a.cfg.FileName, content, acc)
+	if err != nil {
+		return err
+	}
+	log = log.With("changed", changed)
 	if changed {
-		log.Info("wrote the Zincati drop-in", "path", filepath.Join(dir, a.cfg.FileName))
+		log.Info("wrote the Zincati drop-in", "path", filepath.Join(dir, a.cfg.FileName), "credential", secret != "", "mode", acc.Mode.String())
 		a.restartPending = true
 	}
-	if !a.restartPending {
+	previous := node.Annotations[annotations.CredentialPreviousSHA256] != ""
+	if !a.restartPending && !previous {
 		return nil
 	}
-	if s := node.Annotations[annotations.Status]; s == annotations.StatusDraining || s == annotations.StatusRebooting {
-		// A restart sends steady-state, which would release the slot mid-cycle.
+	if s, ok := inCycle(node); ok {
+		// A restart sends steady-state, which would release the slot
+		// mid-cycle; the previous credential stays accepted meanwhile.
 		log.Info("Zincati restart deferred: the node is in a reboot cycle", "status", s)
 		return nil
 	}
@@ -172,6 +187,82 @@ func (a *Agent) Sync(ctx context.Context) error {
 	}
 	a.restartPending = false
 	log.Info("restarted Zincati", "unit", a.cfg.Unit)
+	if previous {
+		// Zincati runs the new credential now: the old one is no longer
+		// accepted.
+		if err := a.annotate(ctx, map[string]any{annotations.CredentialPreviousSHA256: nil}); err != nil {
+			return fmt.Errorf("retire the previous credential: %w", err)
+		}
+		log.Info("retired the previous credential")
+	}
+	return nil
+}
+
+// credential returns the secret the drop-in is to carry, and makes sure,
+// before the drop-in carries it, that the Node's hashes cover both it and
+// whatever Zincati still runs. It keeps the drop-in's secret while the Node
+// publishes its hash. Otherwise (a first run, or the hash deleted to ask for
+// a rotation) it makes a new one and publishes its hash, keeping the hash of
+// the secret Zincati runs as the previous one until Zincati restarts. On a
+// first run during a reboot cycle it gives none yet: Zincati, running
+// without one, would be refused until its restart, which waits for the
+// cycle's end.
+func (a *Agent) credential(ctx context.Context, log *slog.Logger, node *corev1.Node, dir string) (string, error) {
+	file, err := dropin.Secret(dir, a.cfg.FileName)
+	if err != nil {
+		return "", err
+	}
+	current := node.Annotations[annotations.CredentialSHA256]
+	previous := node.Annotations[annotations.CredentialPreviousSHA256]
+	if file != "" && credential.Hash(file) == current {
+		return file, nil
+	}
+	if _, cycling := inCycle(node); cycling && file == "" && current == "" && previous == "" {
+		log.Info("credential deferred: the node is in a reboot cycle that Zincati began without one")
+		return "", nil
+	}
+	secret, err := credential.New()
+	if err != nil {
+		return "", err
+	}
+	if previous == "" && file != "" {
+		previous = credential.Hash(file) // what Zincati runs
+	}
+	change := map[string]any{annotations.CredentialSHA256: credential.Hash(secret), annotations.CredentialPreviousSHA256: nil}
+	if previous != "" {
+		change[annotations.CredentialPreviousSHA256] = previous
+	}
+	if err := a.annotate(ctx, change); err != nil {
+		return "", fmt.Errorf("publish the credential's hash: %w", err)
+	}
+	log.Info("published a new credential's hash", "rotation", current != "" || file != "", "previous_accepted", previous != "")
+	return secret, nil
+}
+
+// inCycle reports whether the node is shown in a reboot cycle, and its
+// status.
+func inCycle(n *corev1.Node) (string, bool) {
+	s := n.Annotations[annotations.Status]
+	return s, s == annotations.StatusDraining || s == annotations.StatusRebooting
+}
+
+// access is how the drop-in that holds the secret is written: readable by
+// Zincati's group, or by everyone (with a warning) on a host without one.
+func (a *Agent) access(log *slog.Logger) dropin.Access {
+	acc, err := dropin.ZincatiAccess(a.cfg.HostRoot)
+	if err != nil {
+		log.Warn("the drop-in holding the credential is world-readable: Zincati's group is unknown", "err", err)
+		return dropin.Public
+	}
+	return acc
+}
+
+// annotate merge-patches the node's annotations (nil deletes one).
+func (a *Agent) annotate(ctx context.Context, change map[string]any) error {
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": change}})
+	if _, err := a.client.CoreV1().Nodes().Patch(ctx, a.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("annotate node %s: %w", a.cfg.NodeName, err)
+	}
 	return nil
 }
 
@@ -189,9 +280,8 @@ func (a *Agent) publishID(ctx context.Context, node *corev1.Node) error {
 	if node.Annotations[annotations.ZincatiID] == id {
 		return nil
 	}
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{annotations.ZincatiID: id}}})
-	if _, err := a.client.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return fmt.Errorf("publish the Zincati id on node %s: %w", node.Name, err)
+	if err := a.annotate(ctx, map[string]any{annotations.ZincatiID: id}); err != nil {
+		return fmt.Errorf("publish the Zincati id: %w", err)
 	}
 	a.log.Info("published the Zincati id", "id", id)
 	return nil

@@ -6,7 +6,6 @@ package arbiter
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,11 +43,6 @@ type Config struct {
 	// Registry receives the HTTP metrics and is served on /metrics; nil
 	// means a new one.
 	Registry *prometheus.Registry
-	// Token, when set, returns the token a group's requests must carry, or
-	// "" when the group needs none. A request carries it as a Bearer token,
-	// or as the password (or lone user name) of Basic auth, which is what
-	// Zincati sends for a base_url such as https://:TOKEN@arbiter/.
-	Token func(group string) string
 }
 
 // Handler returns the HTTP handler for the FleetLock endpoints, /healthz,
@@ -135,11 +129,7 @@ func serve(c *gin.Context, cfg Config, decide func(context.Context, fleetlock.Cl
 		reply(c, err)
 		return err
 	}
-	if err := authorize(c.Request, cfg.Token, p.Group); err != nil {
-		reply(c, err)
-		return err
-	}
-	ctx := c.Request.Context()
+	ctx := coordinator.WithCredential(c.Request.Context(), presented(c.Request))
 	if ap, err := netip.ParseAddrPort(c.Request.RemoteAddr); err == nil {
 		ctx = coordinator.WithSource(ctx, ap.Addr())
 	}
@@ -152,31 +142,21 @@ func serve(c *gin.Context, cfg Config, decide func(context.Context, fleetlock.Cl
 	return nil
 }
 
-// authorize checks the group's token, if it has one, in constant time.
-func authorize(r *http.Request, token func(string) string, group string) error {
-	if token == nil {
-		return nil
-	}
-	want := token(group)
-	if want == "" {
-		return nil
-	}
-	got := ""
+// presented is the secret a request carries: the password of its Basic
+// auth (or the lone user name, for a base_url such as https://TOKEN@host/),
+// which is how Zincati sends a base_url's user info, or its Bearer token.
+// It is never logged.
+func presented(r *http.Request) string {
 	if user, pass, ok := r.BasicAuth(); ok {
-		got = pass
-		if got == "" {
-			got = user
+		if pass != "" {
+			return pass
 		}
-	} else if b, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		got = b
+		return user
 	}
-	if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
-		if got == "" {
-			return fleetlock.Errorf(fleetlock.KindUnauthorized, "group %q requires a token: put it in Zincati's base_url as https://:TOKEN@host/, or send Authorization: Bearer TOKEN", group)
-		}
-		return fleetlock.Errorf(fleetlock.KindUnauthorized, "wrong token for group %q", group)
+	if b, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return b
 	}
-	return nil
+	return ""
 }
 
 // reply writes err as a FleetLock error body with its kind's status.

@@ -4,6 +4,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -54,8 +55,9 @@ type Lock interface {
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
 	// Fresh lists every group's lock object from the API server.
 	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
-	// Cached reads the cache: hints and displays only.
+	// Cached and All read the cache: hints, displays and refusals only.
 	Cached(group string) []lock.Holder
+	All() (map[string][]lock.Holder, error)
 }
 
 // Drainer empties nodes.
@@ -100,9 +102,23 @@ type Config struct {
 	// Recheck is how often a waiter asks for a slot even unwoken, in case a
 	// wake-up was missed (default 30s).
 	Recheck time.Duration
-	// SourceBinding accepts a request for a known node only from one of
-	// that node's own addresses (see WithSource).
+	// SourceBinding accepts a request for a known node without a credential
+	// only from one of that node's own addresses (see WithSource).
 	SourceBinding bool
+	// SourcePodBridge counts the first address of the node's pod CIDR as
+	// the node's under source binding (an IPAM that hands it to a pod lets
+	// that pod act for the node).
+	SourcePodBridge bool
+	// RequireNodeCredential refuses requests for a Node that has no
+	// credential hash, instead of serving it unprotected.
+	RequireNodeCredential bool
+	// Token returns the token a group's requests must carry, "" for none:
+	// for Nodes without a credential (their own group's) and for hosts
+	// outside the cluster (the group they name).
+	Token func(group string) string
+	// MaxGroups caps the lock objects that hosts outside the cluster may
+	// bring into being by naming new groups (default 64).
+	MaxGroups int
 }
 
 // Coordinator decides FleetLock requests.
@@ -117,6 +133,8 @@ type Coordinator struct {
 	now      func() time.Time
 	metrics  *Metrics
 	queue    *waitQueue
+	// unprotected is which Nodes were warned that they have no credential.
+	unprotected unprotected
 }
 
 // New returns a Coordinator that reports to m; nil m means unregistered
@@ -131,6 +149,9 @@ func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 	if cfg.Recheck <= 0 {
 		cfg.Recheck = 30 * time.Second
 	}
+	if cfg.MaxGroups <= 0 {
+		cfg.MaxGroups = 64
+	}
 	return &Coordinator{nodes: deps.Nodes, lock: deps.Lock, drainer: deps.Drainer, settings: deps.Settings, gate: deps.Gate,
 		cfg: cfg, log: log, now: time.Now, metrics: m, queue: newWaitQueue()}
 }
@@ -141,10 +162,11 @@ func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 // *fleetlock.Error.
 //
 // Inputs and their freshness: the groups settings (watched, must have been
-// read once); the Node named by the id (cache: it only names who asks); the
-// lock object (fresh: every step reads it or writes it by compare-and-swap);
-// the node's spec and pods (a consistent GET and LIST before any 200). See
-// decide.
+// read once); the Node named by the id (cache: it names who asks, and its
+// group and credential hash can only refuse); the lock object (fresh: every
+// step reads it or writes it by compare-and-swap); the node's credential
+// hash, spec and pods (a consistent GET, checked again every round, and a
+// LIST before any 200). See decide and authenticate.
 //
 // With Config.MaxWait set, a pre-reboot that finds its group full, or its
 // node still draining, waits server-side up to MaxWait instead of turning
@@ -170,7 +192,15 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	if node != nil {
 		h.Node, h.NodeUID = node.Name, node.UID
 		log = log.With("node", node.Name)
-		if err := c.checkSource(ctx, log, node); err != nil {
+		if err := c.checkGroup(ctx, log, p, node); err != nil {
+			return err
+		}
+	}
+	if err := c.authenticate(ctx, log, node, p.Group); err != nil {
+		return err
+	}
+	if node == nil {
+		if err := c.checkGroupCount(p.Group); err != nil {
 			return err
 		}
 	}
@@ -277,11 +307,25 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		s := c.settings.For(p.Group)
 		var res lock.Result
 		if try {
-			admit := func() error { return c.gate.Check(ctx, p.Group, s, h.Node) }
+			admit := func() error {
+				// A new holder: its credential, on a fresh read of the node.
+				if node != nil {
+					n, err := c.nodes.Fresh(ctx, node.Name)
+					if err != nil {
+						return err
+					}
+					if err := c.authenticate(ctx, log, n, p.Group); err != nil {
+						return err
+					}
+				}
+				return c.gate.Check(ctx, p.Group, s, h.Node)
+			}
 			var err error
 			res, err = c.lock.Acquire(ctx, p.Group, h, lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}, admit)
 			var fe *fleetlock.Error
 			switch {
+			case errors.As(err, &fe) && fe.Kind == fleetlock.KindUnauthorized:
+				return lock.Holder{}, fe
 			case errors.As(err, &fe):
 				c.noteWaiting(ctx, log, p.Group, node, fe.Value, &noted)
 				return lock.Holder{}, fe
@@ -363,6 +407,9 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 		n, err := c.nodes.Fresh(ctx, h.Node)
 		if err != nil {
 			return c.failed(ctx, log, "read the node", err)
+		}
+		if err := c.authenticate(ctx, log, n, p.Group); err != nil {
+			return err
 		}
 		ids, _ := nodes.IndexByID(n)
 		identified := slices.Contains(ids, p.ID)
@@ -531,17 +578,20 @@ func (c *Coordinator) WakeAll() {
 // SteadyState answers a steady-state: it answers nil (200) once every slot
 // the caller holds is released and its node put back in service (uncordoned
 // if we cordoned it, status Ready); if either fails it answers 503, and
-// Zincati's retry finishes the job.
+// Zincati's retry finishes the job. It acts on the node's own cycle,
+// whatever group the request names.
 //
-// Inputs and their freshness: the Nodes of the id (cache) name who asks;
-// every lock object is listed fresh (one consistent LIST), and each that
-// holds a match is released by compare-and-swap, so a slot taken a moment
-// ago through another replica, or under another group, is never missed. A
-// holder matches by id, or by its node (name and uid) when the id names
-// exactly one Node, so a changed group, or an id change the cache has seen,
-// cannot leak a slot (one it has not seen yet is released by the next
-// steady-state, or by hand). A
-// steady-state of a host that holds nothing costs that one LIST.
+// Inputs and their freshness: the Nodes of the id (cache) name who asks,
+// and their credential can only refuse; every lock object is listed fresh
+// (one consistent LIST), so a slot taken a moment ago through another
+// replica, or under another group, is never missed. Before anything is
+// released or put back in service, the credential is checked again on a
+// consistent GET of each Node concerned: a holder's node is the one its
+// record names, never another. A holder matches by id, or by its node (name
+// and uid) when the id names exactly one Node, so a changed group, or an id
+// change the cache has seen, cannot leak a slot (one it has not seen yet is
+// released by the next steady-state, or by hand). A steady-state of a host
+// that holds nothing costs that one LIST.
 func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams) error {
 	log := c.log.With("id", p.ID, "group", p.Group)
 	found, err := c.nodes.Lookup(p.ID)
@@ -550,10 +600,15 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		found = nil
 	}
 	var node *corev1.Node // set when the id names exactly one Node
-	if len(found) == 1 {
+	switch len(found) {
+	case 0:
+		if err := c.authenticate(ctx, log, nil, p.Group); err != nil {
+			return err
+		}
+	case 1:
 		node = found[0]
 		log = log.With("node", node.Name)
-		if err := c.checkSource(ctx, log, node); err != nil {
+		if err := c.authenticate(ctx, log, node, nodes.Group(node)); err != nil {
 			return err
 		}
 	}
@@ -564,6 +619,27 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 	if err != nil {
 		return failure(log, "read the reboot slots", err)
 	}
+	// What would end: each matching holder's node, and a node in a
+	// leftover cycle. Prove the request is theirs on fresh reads first.
+	owed := map[string]string{} // node → the group of its cycle ("" if none)
+	for group, holders := range all {
+		for _, h := range holders {
+			if match(h) {
+				owed[h.Node] = group
+			}
+		}
+	}
+	if node != nil && nodes.InCycle(node) {
+		if _, ok := owed[node.Name]; !ok {
+			owed[node.Name] = ""
+		}
+	}
+	for name, group := range owed {
+		if err := c.authenticateFresh(ctx, log, name, group, p.Group); err != nil {
+			return err
+		}
+	}
+
 	finish := map[string]string{} // node → the holding whose cycle ends
 	for group, holders := range all {
 		if !slices.ContainsFunc(holders, match) {
@@ -574,7 +650,7 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 			return failure(log.With("lock_group", group), "release the reboot slot", err)
 		}
 		for _, h := range gone {
-			log.Info("slot released", "lock_group", group, "holder_node", h.Node, "holder_id", h.ID, "phase", h.Stage())
+			log.Info("slot released", "lock_group", group, "holder_node", h.Node, "holder", h.Who(), "phase", h.Stage())
 			if h.Node != "" {
 				finish[h.Node] = h.Holding(group)
 			}
@@ -601,6 +677,68 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		}
 	}
 	return nil
+}
+
+// authenticateFresh checks the request's credential against a consistent
+// read of node name ("" for a host outside the cluster, authenticated by
+// named's token); group is the group of its cycle, "" for the node's own.
+// A Node that is gone is authenticated as a host outside the cluster of
+// its cycle's group.
+func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger, name, group, named string) error {
+	if name == "" {
+		return c.authenticate(ctx, log, nil, cmp.Or(group, named))
+	}
+	n, err := c.nodes.Fresh(ctx, name)
+	switch {
+	case apierrors.IsNotFound(err):
+		group = cmp.Or(group, named)
+		return checkToken(credentialFrom(ctx), c.token(group), group)
+	case err != nil:
+		return failure(log, "read the node", err)
+	}
+	if group == "" {
+		group = nodes.Group(n)
+	}
+	return c.authenticate(ctx, log.With("holder_node", name), n, group)
+}
+
+// checkGroup refuses a pre-reboot that names another group than the
+// node's: its rebootmanager/group label (the default group without one),
+// or, mid-cycle, the group whose lock object holds its slot. The cache may
+// say only "no": a slot it shows under the named group is confirmed on a
+// fresh read of that lock object.
+func (c *Coordinator) checkGroup(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node) error {
+	own := nodes.Group(node)
+	if p.Group == own {
+		return nil
+	}
+	if slices.ContainsFunc(c.lock.Cached(p.Group), func(h lock.Holder) bool { return h.ID == p.ID && h.Node == node.Name }) {
+		o, err := c.lock.Get(ctx, p.Group)
+		if err != nil {
+			return failure(log, "read the lock object", err)
+		}
+		if h, ok := o.Holder(p.ID); ok && h.Node == node.Name {
+			return nil // its cycle began under this group: it ends there
+		}
+	}
+	log.Warn("pre-reboot names another group than the node's", "node_group", own)
+	return fleetlock.Errorf(fleetlock.KindWrongGroup,
+		"node %s is in group %q (its %s label, or %q without one), not %q: set Zincati's [identity] group to %q (the reboot-manager agent does)",
+		node.Name, own, annotations.GroupLabel, fleetlock.DefaultGroup, p.Group, own)
+}
+
+// checkGroupCount refuses a host outside the cluster that names a group
+// with no lock object yet when MaxGroups lock objects exist. It reads the
+// cache: it can only refuse.
+func (c *Coordinator) checkGroupCount(group string) error {
+	all, err := c.lock.All()
+	if err != nil {
+		return nil // the fresh Acquire decides; the cap is a limit, not a safety rule
+	}
+	if _, ok := all[group]; ok || len(all) < c.cfg.MaxGroups {
+		return nil
+	}
+	return fleetlock.Errorf(fleetlock.KindTooManyGroups, "there are %d reboot groups already, the most this arbiter keeps (--max-groups)", len(all))
 }
 
 // names lists the holders by node name, or by id for hosts outside the
@@ -641,13 +779,13 @@ func (c *Coordinator) checkSource(ctx context.Context, log *slog.Logger, node *c
 		return nil
 	}
 	src, ok := sourceFrom(ctx)
-	if !ok || fromNode(node, src) {
+	if !ok || fromNode(node, src, c.cfg.SourcePodBridge) {
 		return nil
 	}
 	log.Warn("request from an address that is not the node's", "source", src.String())
 	return fleetlock.Errorf(fleetlock.KindForbiddenSource,
-		"requests for node %s must come from one of its addresses, not %s (keep client addresses intact: "+
-			"externalTrafficPolicy: Local, or hostNetwork for the arbiter; or run with --source-binding=false)", node.Name, src)
+		"requests for node %s, which has no credential, must come from one of its addresses, not %s (run the reboot-manager agent on it, "+
+			"which gives it a credential; or keep client addresses intact: hostNetwork for the arbiter; or run with --source-binding=false)", node.Name, src)
 }
 
 // interrupted answers a request whose context ended before a decision:

@@ -16,6 +16,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
 
@@ -35,6 +36,11 @@ type fake struct {
 	// idMoved: the fresh node carries another id than the cache said.
 	idMoved bool
 	marked  bool // the node carries the mark of id's holding (see holding)
+	// recordUnprotected records NoNodeCredential Events too.
+	recordUnprotected bool
+	// freshHash is the credential hash the fresh node carries, though the
+	// cache shows none.
+	freshHash string
 }
 
 func (f *fake) call(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.Unlock() }
@@ -56,7 +62,10 @@ func (f *fake) Fresh(_ context.Context, name string) (*corev1.Node, error) {
 	if f.idMoved {
 		ann[annotations.ZincatiID] = "another-id"
 	}
-	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann}, Spec: corev1.NodeSpec{Unschedulable: f.cordoned},
+	if f.freshHash != "" {
+		ann[annotations.CredentialSHA256] = f.freshHash
+	}
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann, Labels: map[string]string{annotations.GroupLabel: "g"}}, Spec: corev1.NodeSpec{Unschedulable: f.cordoned},
 		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: "boot-1"}}}, nil
 }
 func (f *fake) StartDrain(_ context.Context, _ *corev1.Node, _, holding string) error {
@@ -77,6 +86,9 @@ func (f *fake) Finish(_ context.Context, name, _ string) error {
 	return f.finishErr
 }
 func (f *fake) Event(_ *corev1.Node, _, reason, _ string, _ ...any) {
+	if reason == "NoNodeCredential" && !f.recordUnprotected {
+		return // every test node has none; TestUnprotectedWarnedOnce counts them
+	}
 	f.call("Event(" + reason + ")")
 }
 func (f *fake) Pending(context.Context, string) (drain.Pending, error) {
@@ -97,9 +109,19 @@ func (f *fake) Check(context.Context, string, groups.Settings, string) error {
 }
 
 func node(name string, status string) *corev1.Node {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{}}}
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{}, Labels: map[string]string{annotations.GroupLabel: "g"}}}
 	if status != "" {
 		n.Annotations[annotations.Status] = status
+	}
+	return n
+}
+
+func inGroup(name, group string) *corev1.Node {
+	n := node(name, "")
+	if group == "" {
+		delete(n.Labels, annotations.GroupLabel)
+	} else {
+		n.Labels[annotations.GroupLabel] = group
 	}
 	return n
 }
@@ -180,28 +202,37 @@ func TestPreReboot(t *testing.T) {
 		{"unknown node", &fake{}, false, fleetlock.KindUnknownNode, "deploy the reboot-manager agent", "", ""},
 		{"unknown node allowed: semaphore only, confirmed fresh", &fake{}, true, "", "", "LookupFresh Acquire Check", lock.PhaseTaken},
 		{"unknown to the cache, known fresh: drained", &fake{fresh: []*corev1.Node{n1}, pending: onePod}, true, fleetlock.KindDrainInProgress, "a/p",
-			"LookupFresh Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+			"LookupFresh Acquire Fresh Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"unknown host holding a slot for a node: refused", &fake{memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, true,
 			fleetlock.KindAmbiguousID, "node n1", "LookupFresh Acquire", lock.PhaseDraining},
+		{"the cache shows no credential, the fresh node does: refused before a slot", &fake{found: []*corev1.Node{n1}, freshHash: credential.Hash("secret")}, false,
+			fleetlock.KindUnauthorized, "wrong credential", "Acquire Fresh", ""},
+		{"another group than the node's: refused, nothing read", &fake{found: []*corev1.Node{inGroup("n1", "db")}}, false,
+			fleetlock.KindWrongGroup, `in group "db"`, "", ""},
+		{"another group than the node's, but its cycle is there: goes on", &fake{found: []*corev1.Node{inGroup("n1", "db")}, cordoned: true, marked: true,
+			memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, false,
+			"", "", "Get Acquire Fresh Pending LookupFresh Advance(Approved) MarkRebooting", lock.PhaseApproved},
+		{"the label says nothing: the default group", &fake{found: []*corev1.Node{inGroup("n1", "")}}, false,
+			fleetlock.KindWrongGroup, `in group "default"`, "", ""},
 		{"group full", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("x", "n9", lock.PhaseDraining)}}, false,
-			fleetlock.KindLockHeld, "n9", `Acquire Check SetWaiting(group "g" is full: 1 of 1 slots held by n9)`, ""},
+			fleetlock.KindLockHeld, "n9", `Acquire Fresh Check SetWaiting(group "g" is full: 1 of 1 slots held by n9)`, ""},
 		{"gate refuses: no slot taken", &fake{found: []*corev1.Node{n1}, gateErr: fleetlock.Errorf(fleetlock.KindPaused, "paused")}, false,
-			fleetlock.KindPaused, "paused", "Acquire Check SetWaiting(paused)", ""},
+			fleetlock.KindPaused, "paused", "Acquire Fresh Check SetWaiting(paused)", ""},
 		{"gate cannot list pods: fails closed", &fake{found: []*corev1.Node{n1}, gateErr: errors.New("apiserver down")}, false,
-			fleetlock.KindInternal, "apiserver down", "Acquire Check", ""},
+			fleetlock.KindInternal, "apiserver down", "Acquire Fresh Check", ""},
 		{"holder: gate skipped on the fresh lock", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, gateErr: errors.New("x")}, false,
 			"", "", "Acquire Fresh Pending LookupFresh Advance(Approved) MarkRebooting", lock.PhaseApproved},
 		{"lock contention fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrContention}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
 		{"newer lock schema fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrNewerSchema}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
 		{"lock error", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: errors.New("boom")}}, false, fleetlock.KindInternal, "boom", "Acquire", ""},
 		{"new holder, pods remain: cordon, drain", &fake{found: []*corev1.Node{n1}, pending: onePod}, false, fleetlock.KindDrainInProgress, "1 pods remain: a/p",
-			"Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+			"Acquire Fresh Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"unevictable pod blocks", &fake{found: []*corev1.Node{n1}, pending: drain.Pending{Problems: []string{"no controller: a/p"}}},
-			false, fleetlock.KindDrainInProgress, "no controller", "Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+			false, fleetlock.KindDrainInProgress, "no controller", "Acquire Fresh Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"new holder of an empty node is cordoned before the approval", &fake{found: []*corev1.Node{n1}}, false, "", "",
-			"Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending LookupFresh Advance(Approved) MarkRebooting", lock.PhaseApproved},
+			"Acquire Fresh Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending LookupFresh Advance(Approved) MarkRebooting", lock.PhaseApproved},
 		{"stale node mirror says Rebooting, new holder: still drained", &fake{found: []*corev1.Node{node("n1", annotations.StatusRebooting)}, pending: onePod}, false,
-			fleetlock.KindDrainInProgress, "a/p", "Acquire Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
+			fleetlock.KindDrainInProgress, "a/p", "Acquire Fresh Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"approved, still cordoned and empty: 200, no write", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, false,
 			"", "", "Acquire Fresh Pending MarkRebooting", lock.PhaseApproved},
 		{"approved, released before the confirmation: not 200", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, releaseOnPending: true}, false,
@@ -209,7 +240,7 @@ func TestPreReboot(t *testing.T) {
 		{"approved, uncordoned by hand: drained again", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, pending: onePod}, false,
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"the fresh node no longer carries the id: refused, never approved", &fake{found: []*corev1.Node{n1}, cordoned: true, idMoved: true}, false,
-			fleetlock.KindAmbiguousID, "no longer carries it", "Acquire Check Fresh", lock.PhaseTaken},
+			fleetlock.KindAmbiguousID, "no longer carries it", "Acquire Fresh Check Fresh", lock.PhaseTaken},
 		{"ambiguous id, no slot: refused, both named", &fake{found: []*corev1.Node{n1, node("n2", "")}}, false,
 			fleetlock.KindAmbiguousID, "n1, n2", "Get Event(AmbiguousZincatiID) Event(AmbiguousZincatiID)", ""},
 		{"ambiguous id holding a slot: the lock object's node is drained, but no 200 while the id is ambiguous", &fake{found: []*corev1.Node{n1, node("n2", "")}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n2", lock.PhaseDraining)}}, false,
@@ -220,8 +251,8 @@ func TestPreReboot(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := tt.f
-			c := New(Deps{f, &f.memLock, f, f, f}, Config{AllowUnknownNodes: tt.allow}, nil, slog.New(slog.DiscardHandler))
-			err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
+			c := New(Deps{f, &f.memLock, f, f, f}, Config{AllowUnknownNodes: tt.allow, Token: hostsToken}, nil, slog.New(slog.DiscardHandler))
+			err := c.PreReboot(withToken(context.Background()), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if tt.wantKind == "" && err != nil {
 				t.Fatalf("PreReboot = %v, want approval", err)
 			}
@@ -287,13 +318,17 @@ func TestSteadyState(t *testing.T) {
 		{"waiting non-holder: the mark goes", &fake{found: []*corev1.Node{waiting()}}, "", "List SetWaiting()", 0},
 		{"unknown non-holder", &fake{}, "", "List", 0},
 		{"holder with unknown node releases", &fake{memLock: memLock{holders: holding("id", "", lock.PhaseApproved)}}, "", "List ReleaseMatching", 0},
-		{"holder releases then finishes", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, "", "List ReleaseMatching Finish(n1)", 0},
-		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "List ReleaseMatching Finish(n1)", 0},
+		{"holder releases then finishes", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, "", "List Fresh ReleaseMatching Finish(n1)", 0},
+		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "List Fresh ReleaseMatching Finish(n1)", 0},
 		{"ambiguous id: only the id's own holding", &fake{found: []*corev1.Node{n1, node("n2", "")}, memLock: memLock{holders: append(holding("id", "n2", lock.PhaseApproved), holding("x", "n1", lock.PhaseDraining)...)}},
-			"", "List ReleaseMatching Finish(n2)", 1},
-		{"node mirror in cycle, nothing held: finished", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}}, "", "List Finish(n1)", 0},
+			"", "List Fresh ReleaseMatching Finish(n2)", 1},
+		{"node mirror in cycle, nothing held: finished", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}}, "", "List Fresh Finish(n1)", 0},
 		{"lock list fails: not 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), err: errors.New("down")}}, fleetlock.KindInternal, "List", 1},
-		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "List ReleaseMatching Finish(n1)", 0},
+		{"the cache shows no credential, the fresh holder node does: refused, nothing released", &fake{found: []*corev1.Node{n1}, freshHash: credential.Hash("secret"),
+			memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List Fresh", 1},
+		{"ambiguous id: the holder node's fresh credential decides", &fake{found: []*corev1.Node{n1, node("n2", "")}, freshHash: credential.Hash("secret"),
+			memLock: memLock{holders: holding("id", "n2", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List Fresh", 1},
+		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "List Fresh ReleaseMatching Finish(n1)", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

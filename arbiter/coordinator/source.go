@@ -23,10 +23,10 @@ func sourceFrom(ctx context.Context) (netip.Addr, bool) {
 }
 
 // fromNode reports whether addr is one of the node's own: an InternalIP or
-// ExternalIP in its status, or the first address of one of its pod CIDRs,
-// which is the pod bridge's, the source of the host's own connections to a
-// Service whose pod runs on the same node.
-func fromNode(n *corev1.Node, addr netip.Addr) bool {
+// ExternalIP in its status, or, with podBridge, the first address of one of
+// its pod CIDRs, which on bridge CNIs is the pod bridge's, the source of the
+// host's own connections to a Service whose pod runs on the same node.
+func fromNode(n *corev1.Node, addr netip.Addr, podBridge bool) bool {
 	for _, a := range n.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
 			continue
@@ -34,6 +34,9 @@ func fromNode(n *corev1.Node, addr netip.Addr) bool {
 		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap() == addr {
 			return true
 		}
+	}
+	if !podBridge {
+		return false
 	}
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {

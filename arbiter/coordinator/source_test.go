@@ -18,23 +18,27 @@ func TestFromNode(t *testing.T) {
 		}},
 	}
 	tests := []struct {
-		addr string
-		want bool
+		addr      string
+		podBridge bool
+		want      bool
 	}{
-		{"192.168.1.10", true},
-		{"::ffff:192.168.1.10", true}, // IPv4 in IPv6 from a dual-stack listener
-		{"203.0.113.7", true},
-		{"10.244.3.1", true},       // the node's pod bridge
-		{"fd00:10:244:3::1", true}, // and its IPv6 one
-		{"10.244.3.7", false},      // a pod on the node
-		{"192.168.1.99", false},    // a hostname entry is not an address
-		{"192.168.1.11", false},    // another host
-		{"127.0.0.1", false},
+		{"192.168.1.10", false, true},
+		{"::ffff:192.168.1.10", false, true}, // IPv4 in IPv6 from a dual-stack listener
+		{"203.0.113.7", false, true},
+		{"10.244.3.1", false, false},     // the pod bridge's address: a pod may hold it
+		{"10.244.3.1", true, true},       // unless opted in
+		{"fd00:10:244:3::1", true, true}, // and its IPv6 one
+		{"fd00:10:244:3::1", false, false},
+		{"10.244.3.7", true, false},    // a pod on the node
+		{"10.244.3.0", true, false},    // flannel.1's network address is no bridge
+		{"192.168.1.99", false, false}, // a hostname entry is not an address
+		{"192.168.1.11", false, false}, // another host
+		{"127.0.0.1", true, false},
 	}
 	for _, tt := range tests {
 		addr := netip.MustParseAddr(tt.addr)
-		if got := fromNode(n, addr.Unmap()); got != tt.want {
-			t.Errorf("fromNode(%s) = %v, want %v", tt.addr, got, tt.want)
+		if got := fromNode(n, addr.Unmap(), tt.podBridge); got != tt.want {
+			t.Errorf("fromNode(%s, podBridge %v) = %v, want %v", tt.addr, tt.podBridge, got, tt.want)
 		}
 	}
 	if _, ok := sourceFrom(context.Background()); ok {

@@ -117,6 +117,12 @@ func (m *memLock) Cached(string) []lock.Holder {
 	return slices.Clone(m.holders)
 }
 
+func (m *memLock) All() (map[string][]lock.Holder, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return map[string][]lock.Holder{"g": slices.Clone(m.holders)}, nil
+}
+
 func (m *memLock) Fresh(context.Context) (map[string][]lock.Holder, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -152,7 +158,7 @@ func (oneSlot) Check(context.Context, string, groups.Settings, string) error {
 func newWaiting(t *testing.T, maxWait time.Duration) (*Coordinator, *memLock) {
 	t.Helper()
 	m := &memLock{}
-	c := New(Deps{noNodes{}, m, noNodes{}, oneSlot{}, oneSlot{}}, Config{AllowUnknownNodes: true, MaxWait: maxWait, Recheck: time.Hour}, nil,
+	c := New(Deps{noNodes{}, m, noNodes{}, oneSlot{}, oneSlot{}}, Config{AllowUnknownNodes: true, Token: hostsToken, MaxWait: maxWait, Recheck: time.Hour}, nil,
 		slog.New(slog.DiscardHandler))
 	m.onChange = func() { c.Wake("g") }
 	return c, m
@@ -163,7 +169,7 @@ func ask(t *testing.T, ctx context.Context, c *Coordinator, id string) <-chan er
 	t.Helper()
 	before := c.queue.size("g")
 	out := make(chan error, 1)
-	go func() { out <- c.PreReboot(ctx, fleetlock.ClientParams{ID: id, Group: "g"}) }()
+	go func() { out <- c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: id, Group: "g"}) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for c.queue.size("g") == before {
 		if time.Now().After(deadline) {
@@ -188,7 +194,7 @@ func answer(t *testing.T, ch <-chan error) error {
 func TestWaitersServedInOrder(t *testing.T) {
 	ctx := context.Background()
 	c, m := newWaiting(t, time.Minute)
-	if err := c.PreReboot(ctx, fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+	if err := c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
 		t.Fatal(err)
 	}
 	a, b, d := ask(t, ctx, c, "a"), ask(t, ctx, c, "b"), ask(t, ctx, c, "d")
@@ -226,13 +232,13 @@ func TestWaitEnds(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, m := newWaiting(t, tt.maxWait)
-			if err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+			if err := c.PreReboot(withToken(context.Background()), fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			out := make(chan error, 1)
-			go func() { out <- c.PreReboot(ctx, fleetlock.ClientParams{ID: "a", Group: "g"}) }()
+			go func() { out <- c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: "a", Group: "g"}) }()
 			if tt.cancel {
 				for c.queue.size("g") == 0 {
 					time.Sleep(time.Millisecond)
@@ -256,7 +262,7 @@ func TestWaitEnds(t *testing.T) {
 func TestLeavingWaiterPassesTurnOn(t *testing.T) {
 	c, m := newWaiting(t, time.Minute)
 	bg := context.Background()
-	if err := c.PreReboot(bg, fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+	if err := c.PreReboot(withToken(bg), fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
 		t.Fatal(err)
 	}
 	ctxA, cancelA := context.WithCancel(bg)
@@ -283,14 +289,14 @@ func TestLeavingWaiterPassesTurnOn(t *testing.T) {
 func TestRecursiveAskSkipsQueue(t *testing.T) {
 	c, _ := newWaiting(t, time.Minute)
 	ctx := context.Background()
-	if err := c.PreReboot(ctx, fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+	if err := c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
 		t.Fatal(err)
 	}
 	ctxA, cancelA := context.WithCancel(ctx)
 	defer cancelA()
 	_ = ask(t, ctxA, c, "a")
 	done := make(chan error, 1)
-	go func() { done <- c.PreReboot(ctx, fleetlock.ClientParams{ID: "x", Group: "g"}) }()
+	go func() { done <- c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: "x", Group: "g"}) }()
 	if err := answer(t, done); err != nil {
 		t.Fatalf("holder's second ask = %v, want 200", err)
 	}
@@ -308,7 +314,7 @@ type drainingNode struct {
 }
 
 func (d *drainingNode) Lookup(string) ([]*corev1.Node, error) {
-	return []*corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}}, nil
+	return []*corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{annotations.GroupLabel: "g"}}}}, nil
 }
 
 func (d *drainingNode) LookupFresh(context.Context, string) ([]*corev1.Node, error) {
@@ -318,7 +324,7 @@ func (d *drainingNode) LookupFresh(context.Context, string) ([]*corev1.Node, err
 func (d *drainingNode) Fresh(context.Context, string) (*corev1.Node, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{annotations.ZincatiID: "id", annotations.Holding: d.holding}},
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{annotations.GroupLabel: "g"}, Annotations: map[string]string{annotations.ZincatiID: "id", annotations.Holding: d.holding}},
 		Spec: corev1.NodeSpec{Unschedulable: d.cordoned}}, nil
 }
 
@@ -362,7 +368,7 @@ func TestDrainWait(t *testing.T) {
 			d := &drainingNode{emptyAt: tt.emptyAt}
 			m := &memLock{onChange: func() {}}
 			c := New(Deps{d, m, d, oneSlot{}, oneSlot{}}, Config{MaxWait: tt.maxWait, DrainPoll: 5 * time.Millisecond}, nil, slog.New(slog.DiscardHandler))
-			err := c.PreReboot(context.Background(), fleetlock.ClientParams{ID: "id", Group: "g"})
+			err := c.PreReboot(withToken(context.Background()), fleetlock.ClientParams{ID: "id", Group: "g"})
 			if tt.wantKind == "" && err != nil || tt.wantKind != "" && !fleetlock.IsKind(err, tt.wantKind) {
 				t.Fatalf("PreReboot = %v, want %q", err, tt.wantKind)
 			}
@@ -375,3 +381,8 @@ func TestDrainWait(t *testing.T) {
 		})
 	}
 }
+
+// hostsToken is the token of hosts outside the cluster, which they need.
+func hostsToken(string) string { return "hosts-token" }
+
+func withToken(ctx context.Context) context.Context { return WithCredential(ctx, "hosts-token") }

@@ -28,7 +28,7 @@ func NewCollector(s *Semaphore, slots func(group string) int, maxHold time.Durat
 		overdue: prometheus.NewDesc("rebootmanager_slots_overdue", "Slots held for longer than --max-hold, by group.", []string{"group"}, nil),
 		held:    prometheus.NewDesc("rebootmanager_slots_held", "Reboot slots held, by group.", []string{"group"}, nil),
 		total:   prometheus.NewDesc("rebootmanager_slots", "Reboot slots configured, by group with a lock object.", []string{"group"}, nil),
-		age:     prometheus.NewDesc("rebootmanager_lock_held_seconds", "How long each holder has held its slot.", []string{"group", "node", "id"}, nil),
+		age:     prometheus.NewDesc("rebootmanager_lock_held_seconds", "How long each holder has held its slot; id is ref:<hash prefix> for hosts outside the cluster.", []string{"group", "node", "id"}, nil),
 	}
 }
 
@@ -57,7 +57,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			if c.maxHold > 0 && age > c.maxHold {
 				overdue++
 			}
-			ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age.Round(time.Second).Seconds(), group, h.Node, h.ID)
+			id := h.ID
+			if h.Node == "" {
+				id = "ref:" + h.Ref() // never a host outside the cluster's id: it acts for the host
+			}
+			ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age.Round(time.Second).Seconds(), group, h.Node, id)
 		}
 		ch <- prometheus.MustNewConstMetric(c.overdue, prometheus.GaugeValue, float64(overdue), group)
 	}

@@ -80,13 +80,20 @@ type Approval struct {
 	OSVersion string `json:"osVersion,omitempty"`
 }
 
-// Who names the holder for people: its node, or "id <ID>" for a host
-// outside the cluster.
+// Who names the holder for replies and logs: its node, or a reference that
+// is not its id for a host outside the cluster.
 func (h Holder) Who() string {
 	if h.Node != "" {
 		return h.Node
 	}
-	return "id " + h.ID
+	return "a host outside the cluster (ref " + h.Ref() + ")"
+}
+
+// Ref names the holder without its id, which for a host outside the
+// cluster is all it takes to act for it: the first 8 hex digits of the id's
+// SHA-256, as in its annotation's key.
+func (h Holder) Ref() string {
+	return strings.TrimPrefix(HolderKey(h.ID), holderKeyPrefix)[:8]
 }
 
 // Holding names this holding of a slot in group, for the node's

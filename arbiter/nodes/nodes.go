@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
 )
 
@@ -403,3 +404,18 @@ func nodeRef(name string) *corev1.ObjectReference {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Group is the node's reboot group: its rebootmanager/group label, or
+// Zincati's default group without one.
+func Group(n *corev1.Node) string {
+	if g := n.Labels[annotations.GroupLabel]; g != "" {
+		return g
+	}
+	return fleetlock.DefaultGroup
+}
+
+// HasCredential reports whether the node publishes a host credential's
+// hash, so that its requests must carry the credential.
+func HasCredential(n *corev1.Node) bool {
+	return n.Annotations[annotations.CredentialSHA256] != "" || n.Annotations[annotations.CredentialPreviousSHA256] != ""
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
 
 // Where says where the arbiter keeps its state.
@@ -81,6 +82,11 @@ type Node struct {
 	Since *time.Time `json:"since,omitempty"`
 	// Reason says what the node waits for.
 	Reason string `json:"reason,omitempty"`
+	// Credential is "yes" when the node publishes a host credential's hash
+	// (its requests must carry the credential), "rotating" while a previous
+	// one is still accepted, and "no" when its requests are served
+	// unprotected.
+	Credential string `json:"credential"`
 }
 
 // Status reads the fleet's reboot state from the API server.
@@ -131,13 +137,19 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 
 func nodeStatus(n *corev1.Node, now time.Time) Node {
 	a := n.Annotations
-	s := Node{Name: n.Name, Status: a[annotations.Status], Unschedulable: n.Spec.Unschedulable}
+	s := Node{Name: n.Name, Status: a[annotations.Status], Unschedulable: n.Spec.Unschedulable, Credential: "no"}
+	switch {
+	case a[annotations.CredentialPreviousSHA256] != "":
+		s.Credential = "rotating"
+	case nodes.HasCredential(n):
+		s.Credential = "yes"
+	}
 	s.Group = a[annotations.Group]
 	if s.Group == "" {
 		s.Group = n.Labels[annotations.GroupLabel]
 	}
 	if s.Group == "" {
-		s.Group = "default"
+		s.Group = fleetlock.DefaultGroup
 	}
 	if s.Status == "" {
 		s.Status = annotations.StatusReady
@@ -192,7 +204,7 @@ func (r Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", g.Name, g.Slots, len(g.Holders), dash(strings.Join(holders, ", ")))
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "NODE\tGROUP\tSTATUS\tCORDONED\tFOR\tREASON")
+	fmt.Fprintln(tw, "NODE\tGROUP\tSTATUS\tCORDONED\tCREDENTIAL\tFOR\tREASON")
 	for _, n := range r.Nodes {
 		held := ""
 		if n.Since != nil && n.Status != StatusWaiting {
@@ -202,7 +214,7 @@ func (r Report) WriteTable(w io.Writer) error {
 		if n.Unschedulable {
 			cordoned = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Group, n.Status, cordoned, dash(held), dash(n.Reason))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Group, n.Status, cordoned, n.Credential, dash(held), dash(n.Reason))
 	}
 	return tw.Flush()
 }

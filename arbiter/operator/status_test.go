@@ -69,8 +69,8 @@ func TestWriteTable(t *testing.T) {
 			{Name: "outside", Slots: 2, Holders: []Holder{{ID: "def", Since: since, HeldSeconds: 3700}}},
 		},
 		Nodes: []Node{
-			{Name: "n1", Group: "default", Status: annotations.StatusDraining, Unschedulable: true, Since: &since, Reason: "evicting pods"},
-			{Name: "n2", Group: "default", Status: annotations.StatusReady},
+			{Name: "n1", Group: "default", Status: annotations.StatusDraining, Unschedulable: true, Since: &since, Reason: "evicting pods", Credential: "yes"},
+			{Name: "n2", Group: "default", Status: annotations.StatusReady, Credential: "no"},
 		},
 	}
 	var b bytes.Buffer
@@ -81,11 +81,28 @@ func TestWriteTable(t *testing.T) {
 		"WARNING: groups ConfigMap rejected",
 		"default  1      1     n1 (90s)",
 		"outside  2      1     id def (61m)",
-		"n1    default  Draining  yes       90s  evicting pods",
-		"n2    default  Ready     no        -    -",
+		"n1    default  Draining  yes       yes         90s  evicting pods",
+		"n2    default  Ready     no        no          -    -",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+func TestNodeCredential(t *testing.T) {
+	for _, tc := range []struct {
+		ann  map[string]string
+		want string
+	}{
+		{nil, "no"},
+		{map[string]string{annotations.CredentialSHA256: "h"}, "yes"},
+		{map[string]string{annotations.CredentialSHA256: "h", annotations.CredentialPreviousSHA256: "p"}, "rotating"},
+		{map[string]string{annotations.CredentialPreviousSHA256: "p"}, "rotating"},
+	} {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: tc.ann}}
+		if got := nodeStatus(n, time.Now()).Credential; got != tc.want {
+			t.Errorf("credential of %v = %q, want %q", tc.ann, got, tc.want)
 		}
 	}
 }

@@ -60,6 +60,9 @@ type config struct {
 	allowUnknownNodes bool
 	maxWait           time.Duration
 	sourceBinding     bool
+	sourcePodBridge   bool
+	requireCredential bool
+	maxGroups         int
 	maxConnections    int
 	tlsCertFile       string
 	tlsKeyFile        string
@@ -83,9 +86,12 @@ func parse(args []string) (config, error) {
 	fs.StringVar(&c.basePath, "base-path", "/", "path prefix of the FleetLock endpoints (Zincati's base_url path)")
 	fs.StringVar(&c.groupsConfigMap, "groups-configmap", "reboot-manager-groups", "ConfigMap holding per-group slots under config.yaml")
 	fs.StringVar(&c.tokensSecret, "tokens-secret", "reboot-manager-tokens", "Secret whose keys are groups (or _default) and values the token their requests must carry; a missing Secret or key requires none; empty disables")
-	fs.BoolVar(&c.allowUnknownNodes, "allow-unknown-nodes", false, "grant slots to ids that match no Node, as a plain semaphore without draining")
+	fs.BoolVar(&c.allowUnknownNodes, "allow-unknown-nodes", false, "grant slots to ids that match no Node, as a plain semaphore without draining; needs the _default token of -tokens-secret")
+	fs.IntVar(&c.maxGroups, "max-groups", 64, "most lock objects that hosts outside the cluster may create by naming new groups")
+	fs.BoolVar(&c.requireCredential, "require-node-credential", false, "refuse (401) requests for a Node without a host credential, instead of serving them unprotected; turn on once every node runs the agent")
 	fs.DurationVar(&c.maxWait, "max-wait", 5*time.Minute, "how long a pre-reboot may wait server-side for a slot (first come, first served) or for its drain before a 423; 0 answers at once (plain polling); keep it well under Zincati's 30-minute request timeout")
-	fs.BoolVar(&c.sourceBinding, "source-binding", true, "accept a request for a known node only from one of its addresses (InternalIP, ExternalIP, its pod bridge); 403 forbidden_source otherwise")
+	fs.BoolVar(&c.sourceBinding, "source-binding", false, "accept a request for a Node without a credential only from one of its addresses (InternalIP, ExternalIP); 403 forbidden_source otherwise. Only for setups that keep the host's address: the arbiter in hostNetwork, or a CNI without masquerade or tunnel for host-to-pod traffic")
+	fs.BoolVar(&c.sourcePodBridge, "source-binding-pod-bridge", false, "under -source-binding, also count the first address of the node's pod CIDR as the node's (bridge CNIs; unsafe if the IPAM can hand that address to a pod)")
 	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), reloaded when the file changes; empty serves plain HTTP")
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "the private key (PEM) of -tls-cert-file")
 	fs.IntVar(&c.maxConnections, "max-connections", 1000, "connections served at once; more wait in the kernel's backlog")
@@ -124,6 +130,9 @@ func parse(args []string) (config, error) {
 	}
 	if c.maxHold < 0 {
 		return c, errors.New("-max-hold must not be negative")
+	}
+	if c.maxGroups < 1 {
+		return c, errors.New("-max-groups must be at least 1")
 	}
 	if c.reconcileInterval <= 0 {
 		return c, errors.New("-reconcile-interval must be positive")
@@ -214,7 +223,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	decider := coordinator.New(coordinator.Deps{
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
 	}, coordinator.Config{
-		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, SourceBinding: cfg.sourceBinding,
+		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, MaxGroups: cfg.maxGroups,
+		SourceBinding: cfg.sourceBinding, SourcePodBridge: cfg.sourcePodBridge,
+		RequireNodeCredential: cfg.requireCredential, Token: tokenStore.For,
 	}, coordinator.NewMetrics(registry), log)
 
 	if err := onChange(cmInformer, func(obj any) {
@@ -273,9 +284,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return apiServer.Ready()
 	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold))
+		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold), nodes.NewCollector(directory))
 	srv := arbiter.NewServer(cfg.listenAddress, arbiter.Handler(decider, arbiter.Config{
-		BasePath: cfg.basePath, Ready: ready, Registry: registry, Token: tokenStore.For,
+		BasePath: cfg.basePath, Ready: ready, Registry: registry,
 	}, log))
 	// Requests end when shutdown starts, so waiting pre-reboots answer 503
 	// at once instead of holding the shutdown up.
@@ -303,6 +314,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if !cache.WaitForCacheSync(ctx.Done(), hasSynced...) {
 		endRequests(errShuttingDown)
 		return shutdown(srv, ctx.Err())
+	}
+	if cfg.allowUnknownNodes && tokenStore.For(tokens.DefaultKey) == "" {
+		// Without a token, an id of a host outside the cluster is all it
+		// takes to act for it.
+		endRequests(errShuttingDown)
+		return shutdown(srv, fmt.Errorf("-allow-unknown-nodes needs a token: set the key %s of the Secret %s/%s", tokens.DefaultKey, cfg.namespace, cfg.tokensSecret))
 	}
 	synced.Store(true)
 	log.Info("caches synced")

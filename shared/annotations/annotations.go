@@ -9,6 +9,14 @@ const (
 	Status = "rebootmanager/status"
 	// ZincatiID is the node's Zincati id, published by the agent.
 	ZincatiID = "rebootmanager/zincati-id"
+	// CredentialSHA256 is the SHA-256 of the host's FleetLock credential,
+	// published by the agent. Requests for a Node that carries it must carry
+	// the credential; deleting it asks the agent to rotate the credential.
+	CredentialSHA256 = "rebootmanager/credential-sha256"
+	// CredentialPreviousSHA256 is the hash of the credential Zincati may
+	// still run while a new one waits for Zincati's restart; the agent
+	// removes it once Zincati has restarted with the new one.
+	CredentialPreviousSHA256 = "rebootmanager/credential-previous-sha256"
 	// OSVersion is VERSION from the host's os-release, for the agent to
 	// publish (it does not yet); an approval records it when present.
 	OSVersion = "rebootmanager/os-version"

@@ -16,6 +16,10 @@ import (
 // Header is the header every FleetLock request must carry with the value "true".
 const Header = "fleet-lock-protocol"
 
+// DefaultGroup is the group Zincati names when its configuration sets
+// none.
+const DefaultGroup = "default"
+
 // Paths of the two operations, relative to the server's base URL.
 const (
 	PreRebootPath   = "v1/pre-reboot"
@@ -55,6 +59,8 @@ const (
 	KindDrainInProgress  Kind = "drain_in_progress"
 	KindUnknownNode      Kind = "unknown_node"
 	KindAmbiguousID      Kind = "ambiguous_id"
+	KindWrongGroup       Kind = "wrong_group"
+	KindTooManyGroups    Kind = "too_many_groups"
 	KindPaused           Kind = "paused"
 	KindOutsideWindow    Kind = "outside_window"
 	KindBlocked          Kind = "blocked"
@@ -69,7 +75,7 @@ const (
 var Kinds = []Kind{
 	KindMissingHeader, KindBadRequest, KindMethodNotAllowed, KindNotFound,
 	KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap,
-	KindUnknownNode, KindAmbiguousID, KindUnauthorized, KindForbiddenSource, KindInternal, KindUnavailable,
+	KindUnknownNode, KindAmbiguousID, KindWrongGroup, KindTooManyGroups, KindUnauthorized, KindForbiddenSource, KindInternal, KindUnavailable,
 }
 
 // Status returns the HTTP status a reply of this kind carries. None is 2xx:
@@ -86,7 +92,7 @@ func (k Kind) Status() int {
 		return http.StatusUnauthorized
 	case KindForbiddenSource:
 		return http.StatusForbidden
-	case KindAmbiguousID:
+	case KindAmbiguousID, KindWrongGroup, KindTooManyGroups:
 		return http.StatusConflict
 	case KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap:
 		return http.StatusLocked

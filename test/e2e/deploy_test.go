@@ -95,6 +95,12 @@ func TestAgentOwnNodePolicy(t *testing.T) {
 	}{
 		{"own id annotation", own, `{"metadata":{"annotations":{"rebootmanager/zincati-id":"` + nodes[0].id + `"}}}`, true},
 		{"another node", nodes[1].name, `{"metadata":{"annotations":{"rebootmanager/zincati-id":"x"}}}`, false},
+		{"own credential hashes", own, `{"metadata":{"annotations":{"rebootmanager/credential-sha256":"` + strings.Repeat("a", 64) +
+			`","rebootmanager/credential-previous-sha256":"` + strings.Repeat("b", 64) + `"}}}`, true},
+		{"own previous hash removed", own, `{"metadata":{"annotations":{"rebootmanager/credential-previous-sha256":null}}}`, true},
+		{"another node's credential (would lock its Zincati out)", nodes[1].name,
+			`{"metadata":{"annotations":{"rebootmanager/credential-sha256":"` + strings.Repeat("c", 64) + `"}}}`, false},
+		{"own holding mark", own, `{"metadata":{"annotations":{"rebootmanager/holding":"x"}}}`, false},
 		{"own status annotation", own, `{"metadata":{"annotations":{"rebootmanager/status":"Ready"}}}`, false},
 		{"own label", own, `{"metadata":{"labels":{"rebootmanager/group":"x"}}}`, false},
 		{"own cordon", own, `{"spec":{"unschedulable":true}}`, false},
