@@ -703,28 +703,45 @@ func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger, n
 }
 
 // checkGroup refuses a pre-reboot that names another group than the
-// node's: its rebootmanager/group label (the default group without one),
-// or, mid-cycle, the group whose lock object holds its slot. The cache may
-// say only "no": a slot it shows under the named group is confirmed on a
-// fresh read of that lock object.
+// node's: mid-cycle, the group whose lock object holds the node's slot;
+// otherwise its rebootmanager/group label (the default group without one).
+// The cache names the cycle's group; a cycle it shows under another group
+// than the named one is confirmed on a fresh read of that lock object, and
+// one it shows under the named group is confirmed by Acquire.
 func (c *Coordinator) checkGroup(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node) error {
-	own := nodes.Group(node)
-	if p.Group == own {
-		return nil
-	}
-	if slices.ContainsFunc(c.lock.Cached(p.Group), func(h lock.Holder) bool { return h.ID == p.ID && h.Node == node.Name }) {
-		o, err := c.lock.Get(ctx, p.Group)
+	own, why := nodes.Group(node), fmt.Sprintf("its %s label, or %q without one", annotations.GroupLabel, fleetlock.DefaultGroup)
+	if g, ok := c.cycleGroup(node.Name); ok && g != p.Group {
+		o, err := c.lock.Get(ctx, g)
 		if err != nil {
 			return failure(log, "read the lock object", err)
 		}
-		if h, ok := o.Holder(p.ID); ok && h.Node == node.Name {
-			return nil // its cycle began under this group: it ends there
+		if slices.ContainsFunc(o.Holders, func(h lock.Holder) bool { return h.Node == node.Name }) {
+			own, why = g, "it holds a reboot slot there"
 		}
+	} else if ok {
+		return nil // its cycle is in the named group
+	}
+	if p.Group == own {
+		return nil
 	}
 	log.Warn("pre-reboot names another group than the node's", "node_group", own)
 	return fleetlock.Errorf(fleetlock.KindWrongGroup,
-		"node %s is in group %q (its %s label, or %q without one), not %q: set Zincati's [identity] group to %q (the reboot-manager agent does)",
-		node.Name, own, annotations.GroupLabel, fleetlock.DefaultGroup, p.Group, own)
+		"node %s is in group %q (%s), not %q: set Zincati's [identity] group to %q (the reboot-manager agent does)",
+		node.Name, own, why, p.Group, own)
+}
+
+// cycleGroup is the group in which the cache shows node holding a slot.
+func (c *Coordinator) cycleGroup(node string) (string, bool) {
+	all, err := c.lock.All()
+	if err != nil {
+		return "", false
+	}
+	for g, holders := range all {
+		if slices.ContainsFunc(holders, func(h lock.Holder) bool { return h.Node == node }) {
+			return g, true
+		}
+	}
+	return "", false
 }
 
 // checkGroupCount refuses a host outside the cluster that names a group

@@ -211,7 +211,7 @@ func TestPreReboot(t *testing.T) {
 			fleetlock.KindWrongGroup, `in group "db"`, "", ""},
 		{"another group than the node's, but its cycle is there: goes on", &fake{found: []*corev1.Node{inGroup("n1", "db")}, cordoned: true, marked: true,
 			memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, false,
-			"", "", "Get Acquire Fresh Pending LookupFresh Advance(Approved) MarkRebooting", lock.PhaseApproved},
+			"", "", "Acquire Fresh Pending LookupFresh Advance(Approved) MarkRebooting", lock.PhaseApproved},
 		{"the label says nothing: the default group", &fake{found: []*corev1.Node{inGroup("n1", "")}}, false,
 			fleetlock.KindWrongGroup, `in group "default"`, "", ""},
 		{"group full", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("x", "n9", lock.PhaseDraining)}}, false,

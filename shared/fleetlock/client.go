@@ -75,7 +75,7 @@ func (c *Client) do(ctx context.Context, path string, p ClientParams) error {
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("POST %s: %w", target, err)
+		return fmt.Errorf("POST %s: %w", target.Redacted(), err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBodyBytes))

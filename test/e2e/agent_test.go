@@ -104,7 +104,7 @@ func TestAgent(t *testing.T) {
 		})
 	}
 
-	waitFile(`base_url = "http://`+created.Spec.ClusterIP+`:80/"`, `group = "workers"`, `strategy = "fleet_lock"`)
+	waitFile(`base_url = "http://`+node.name+`:`, `@`+created.Spec.ClusterIP+`:80/"`, `group = "workers"`, `strategy = "fleet_lock"`)
 	waitRestarts(1)
 	harness.Eventually(t, 10*time.Second, "the published id", func() error {
 		if got := getNode(t, node.name).Annotations[annotations.ZincatiID]; got != node.id {
@@ -120,7 +120,7 @@ func TestAgent(t *testing.T) {
 		again, err := c.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
 		must(t, err)
 		if again.Spec.ClusterIP != created.Spec.ClusterIP {
-			waitFile(`base_url = "http://` + again.Spec.ClusterIP + `:80/"`)
+			waitFile(`@` + again.Spec.ClusterIP + `:80/"`)
 			break
 		}
 		must(t, c.CoreV1().Services(ns).Delete(ctx, "arbiter", metav1.DeleteOptions{}))

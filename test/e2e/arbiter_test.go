@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
@@ -176,6 +177,12 @@ func holders(t *testing.T, ns, group string) []lock.Holder {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// inGroup puts the nodes in reboot group g (the label the agent writes
+// into Zincati's configuration).
+func inGroup(g string) func(int, *fixtures.NodeSpec) {
+	return func(_ int, s *fixtures.NodeSpec) { s.Labels[annotations.GroupLabel] = g }
 }
 
 // simNode is a kwok node with its Zincati id.

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -35,11 +36,11 @@ func BenchmarkCheckIn(b *testing.B) {
 	}
 	ctx := context.Background()
 	ns := cluster.Namespace(b)
-	ids := createPlainNodes(b, ns, n)
+	ids := createPlainNodes(b, ns, n, nil)
 
 	a := startArbiter(b, ns, "--log-level", "warn")
 	// Wait until the arbiter's cache holds every Node: the last one is known.
-	probe := fleetlock.ClientParams{ID: ids[n-1], Group: "probe"}
+	probe := fleetlock.ClientParams{ID: ids[n-1], Group: fleetlock.DefaultGroup}
 	for {
 		err := a.client.PreReboot(ctx, probe)
 		if err == nil {
@@ -92,7 +93,7 @@ func BenchmarkCheckIn(b *testing.B) {
 
 // createPlainNodes creates n Node objects carrying a Zincati id annotation
 // and deletes them after the benchmark. It returns their ids.
-func createPlainNodes(b testing.TB, ns string, n int) []string {
+func createPlainNodes(b testing.TB, ns string, n int, group func(i int) string) []string {
 	b.Helper()
 	ctx := context.Background()
 	ids := make([]string, n)
@@ -106,9 +107,12 @@ func createPlainNodes(b testing.TB, ns string, n int) []string {
 	for i := range n {
 		ids[i] = fixtures.RandomID()
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
-			Name: fmt.Sprintf("%s-%05d", ns, i), Labels: label,
+			Name: fmt.Sprintf("%s-%05d", ns, i), Labels: maps.Clone(label),
 			Annotations: map[string]string{annotations.ZincatiID: ids[i]},
 		}}
+		if group != nil {
+			node.Labels[annotations.GroupLabel] = group(i)
+		}
 		g.Go(func() error {
 			_, err := cluster.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 			return err

@@ -199,11 +199,11 @@ func TestArbiterAsServiceAccount(t *testing.T) {
 	defer cancel()
 	c := cluster.Client
 	ns := cluster.Namespace(t)
-	nodes := newNodes(t, ns, 2, nil)
+	group := harness.Prefix(t) // its lock object is in the shared namespace
+	nodes := newNodes(t, ns, 2, inGroup(group))
 	must(t, create(ctx, c.AppsV1().DaemonSets(ns).Create, fixtures.DaemonSet(ns, "agent", ns)))
 	must(t, create(ctx, c.CoreV1().Pods(ns).Create, fixtures.BarePod(ns, "bare", nodes[0].name)))
 	must(t, fixtures.WaitRunning(ctx, c, ns, "app=agent", 2))
-	group := harness.Prefix(t)
 
 	a := startArbiter(t, "reboot-manager", "--kubeconfig", cluster.ImpersonatingKubeconfig(t, arbiterSA))
 	harness.Eventually(t, 30*time.Second, "approval as the ServiceAccount", func() error {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
-	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
 // BenchmarkDrain (P3) drains two identical nodes in one run, one with
@@ -45,7 +44,7 @@ func BenchmarkDrain(b *testing.B) {
 		a := startArbiter(b, ns, "--log-level", "warn", "--max-wait", "10m")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		start = time.Now()
-		err := a.client.PreReboot(ctx, fleetlock.ClientParams{ID: arbiterNode.id, Group: harness.Prefix(b)})
+		err := a.client.PreReboot(ctx, fleetlock.ClientParams{ID: arbiterNode.id, Group: fleetlock.DefaultGroup})
 		arbiterTime := time.Since(start)
 		cancel()
 		if err != nil {

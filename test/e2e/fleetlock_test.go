@@ -234,7 +234,9 @@ func TestAdminCordonPreserved(t *testing.T) {
 func TestSlotsAndGroups(t *testing.T) {
 	ns := cluster.Namespace(t)
 	setGroups(t, ns, "groups: {workers: {slots: 2}}")
-	nodes := newNodes(t, ns, 5, nil)
+	nodes := newNodes(t, ns, 5, func(i int, s *fixtures.NodeSpec) {
+		s.Labels[annotations.GroupLabel] = map[bool]string{true: "workers", false: "Group-A.1"}[i < 3]
+	})
 	a := startArbiter(t, ns)
 
 	must(t, a.preReboot(nodes[0].id, "workers"))
@@ -320,7 +322,7 @@ func TestConcurrentPreReboots(t *testing.T) {
 		t.Run(strings.Repeat("s", slots), func(t *testing.T) {
 			ns := cluster.Namespace(t)
 			setGroups(t, ns, "defaults: {slots: "+string(rune('0'+slots))+"}")
-			nodes := newNodes(t, ns, 20, nil)
+			nodes := newNodes(t, ns, 20, inGroup("race"))
 			a := startArbiter(t, ns)
 			var wg sync.WaitGroup
 			results := make([]error, len(nodes))
@@ -405,23 +407,4 @@ func TestDrainResumesAfterRestart(t *testing.T) {
 		return nil
 	})
 	must(t, second.preReboot(target.id, "default"))
-}
-
-// TestAllowUnknownNodes: with --allow-unknown-nodes, an id that matches no
-// Node is locked as a plain semaphore (no drain), and released again.
-func TestAllowUnknownNodes(t *testing.T) {
-	ns := cluster.Namespace(t)
-	a := startArbiter(t, ns, "--allow-unknown-nodes")
-	outside := fixtures.RandomID()
-	must(t, a.preReboot(outside, "edge"))
-	if h := holders(t, ns, "edge"); len(h) != 1 || h[0].ID != outside || h[0].Node != "" {
-		t.Fatalf("holders = %+v, want the outside host alone", h)
-	}
-	if err := a.preReboot(fixtures.RandomID(), "edge"); !fleetlock.IsKind(err, fleetlock.KindLockHeld) {
-		t.Fatalf("second host = %v, want lock_held", err)
-	}
-	must(t, a.steadyState(outside, "edge"))
-	if h := holders(t, ns, "edge"); len(h) != 0 {
-		t.Fatalf("holders after steady-state = %+v, want none", h)
-	}
 }

@@ -266,7 +266,7 @@ func TestSlotFollowsTheNode(t *testing.T) {
 	ctx := context.Background()
 	ns := cluster.Namespace(t)
 	setGroups(t, ns, "defaults: {slots: 1}")
-	node := newNodes(t, ns, 1, nil)[0]
+	node := newNodes(t, ns, 1, inGroup("old"))[0]
 	a := startArbiter(t, ns)
 	approveUntil(t, a, node, "old", 30*time.Second)
 	newID := strings.Repeat("ab", 16)

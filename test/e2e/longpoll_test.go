@@ -59,7 +59,7 @@ func TestLongPoll(t *testing.T) {
 	c := cluster.Client
 	ns := cluster.Namespace(t)
 	nodes := newNodes(t, ns, 3, nil)
-	group := harness.Prefix(t)
+	group := fleetlock.DefaultGroup // the group of nodes without a label
 	a := startArbiter(t, ns, "--max-wait", "60s")
 
 	if err := a.preReboot(nodes[0].id, group); err != nil {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
-	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
 // BenchmarkMemory (P4) reports the arbiter's resident memory in a cluster
@@ -34,7 +33,7 @@ func BenchmarkMemory(b *testing.B) {
 	for b.Loop() {
 		ctx := context.Background()
 		ns := cluster.Namespace(b)
-		ids := createPlainNodes(b, ns, nodes)
+		ids := createPlainNodes(b, ns, nodes, nil)
 		createBoundPods(b, ns, pods, nodes)
 
 		a := startArbiter(b, ns, "--log-level", "warn")
@@ -48,7 +47,7 @@ func BenchmarkMemory(b *testing.B) {
 		b.ReportMetric(rss(), "rss-checkins-MiB")
 		// Drain the first node: its pods are bound but unmanaged, so the
 		// drain evicts them all (--drain-force is on by default).
-		group := harness.Prefix(b)
+		group := fleetlock.DefaultGroup
 		deadline := time.Now().Add(2 * time.Minute)
 		for {
 			err := a.client.PreReboot(ctx, fleetlock.ClientParams{ID: ids[0], Group: group})

@@ -64,7 +64,7 @@ func TestMetricsAndMaxHold(t *testing.T) {
 	ns := cluster.Namespace(t)
 	target := guardedNode(ctx, t, ns)
 	newNodes(t, ns, 1, func(_ int, s *fixtures.NodeSpec) { s.Name += "-spare" })
-	group := harness.Prefix(t)
+	group := fleetlock.DefaultGroup // the group of nodes without a label
 
 	a := startArbiter(t, ns, "--max-hold", "3s")
 	harness.Eventually(t, 30*time.Second, "evictions refused by the PDB counted", func() error {

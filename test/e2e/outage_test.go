@@ -35,7 +35,7 @@ type outcome struct {
 func TestAPIServerOutage(t *testing.T) {
 	ns := cluster.Namespace(t)
 	setGroups(t, ns, "defaults: {slots: 2}")
-	ids := createPlainNodes(t, ns, 6)
+	ids := createPlainNodes(t, ns, 6, nil)
 	a := startArbiter(t, ns)
 	client := &fleetlock.Client{BaseURL: a.url, HTTP: &http.Client{Timeout: 20 * time.Second}}
 

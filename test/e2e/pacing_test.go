@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/rebootmanager/reboot-manager/arbiter/operator"
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/harness"
@@ -24,7 +25,9 @@ func TestPacing(t *testing.T) {
 	defer cancel()
 	c := cluster.Client
 	ns := cluster.Namespace(t)
-	nodes := newNodes(t, ns, 3, nil)
+	// One node per group it asks in: default, win, gap (two), block (two).
+	groupOf := []string{"default", "win", "gap", "gap", "block", "block"}
+	nodes := newNodes(t, ns, len(groupOf), func(i int, s *fixtures.NodeSpec) { s.Labels[annotations.GroupLabel] = groupOf[i] })
 	// A window that is closed now, and one that is open now, in UTC.
 	now := time.Now().UTC()
 	closed := fmt.Sprintf(`{start: "%s", end: "%s"}`, now.Add(2*time.Hour).Format("15:04"), now.Add(3*time.Hour).Format("15:04"))
@@ -94,39 +97,39 @@ groups:
 	release(nodes[1], "win")
 
 	// Two slots, but at least 4 s between grants.
-	expect(nodes[0], "gap", "")
-	expect(nodes[1], "gap", fleetlock.KindMinGap)
+	expect(nodes[2], "gap", "")
+	expect(nodes[3], "gap", fleetlock.KindMinGap)
 	if h := holders(t, ns, "gap"); len(h) != 1 {
 		t.Fatalf("holders during the gap = %+v, want the first only", h)
 	}
-	harness.Eventually(t, 10*time.Second, "gap over", func() error { return a.preReboot(nodes[1].id, "gap") })
-	release(nodes[0], "gap")
-	release(nodes[1], "gap")
+	harness.Eventually(t, 10*time.Second, "gap over", func() error { return a.preReboot(nodes[3].id, "gap") })
+	release(nodes[2], "gap")
+	release(nodes[3], "gap")
 
 	// A quorum pod that is not Ready anywhere blocks the group.
 	quorum := fixtures.BarePod(ns, "quorum-0", "no-such-node") // bound, never runs
 	quorum.Labels["app"] = "quorum"
 	must(t, create(ctx, c.CoreV1().Pods(ns).Create, quorum))
-	expect(nodes[2], "block", fleetlock.KindBlocked)
-	if r := statusReason(nodes[2]); !strings.Contains(r, ns+"/quorum-0") {
+	expect(nodes[4], "block", fleetlock.KindBlocked)
+	if r := statusReason(nodes[4]); !strings.Contains(r, ns+"/quorum-0") {
 		t.Errorf("status reason %q does not name the blocking pod", r)
 	}
 	must(t, c.CoreV1().Pods(ns).Delete(ctx, "quorum-0", deleteNow))
-	harness.Eventually(t, 10*time.Second, "blocker gone", func() error { return a.preReboot(nodes[2].id, "block") })
-	release(nodes[2], "block")
+	harness.Eventually(t, 10*time.Second, "blocker gone", func() error { return a.preReboot(nodes[4].id, "block") })
+	release(nodes[4], "block")
 
 	// A node-scoped blocker: a matching pod on the node itself.
 	setGroups(t, ns, config("false", open, `{selector: app=pinned, scope: node}`))
-	pinned := fixtures.BarePod(ns, "pinned", nodes[2].name)
+	pinned := fixtures.BarePod(ns, "pinned", nodes[4].name)
 	pinned.Labels["app"] = "pinned"
 	must(t, create(ctx, c.CoreV1().Pods(ns).Create, pinned))
 	harness.Eventually(t, 10*time.Second, "node blocker", func() error {
-		if err := a.preReboot(nodes[2].id, "block"); !fleetlock.IsKind(err, fleetlock.KindBlocked) {
+		if err := a.preReboot(nodes[4].id, "block"); !fleetlock.IsKind(err, fleetlock.KindBlocked) {
 			return fmt.Errorf("pre-reboot = %v", err)
 		}
 		return nil
 	})
-	expect(nodes[1], "block", "") // the pod is not on this node
+	expect(nodes[5], "block", "") // the pod is not on this node
 }
 
 var deleteNow = metav1.DeleteOptions{GracePeriodSeconds: new(int64)}

@@ -78,8 +78,8 @@ func TestReplicasStorm(t *testing.T) {
 	ns := cluster.Namespace(t)
 	slots := map[string]int{"one": 1, "two": 2, "three": 3}
 	setGroups(t, ns, "groups: {one: {slots: 1}, two: {slots: 2}, three: {slots: 3}}")
-	ids := createPlainNodes(t, ns, 15)
 	group := func(i int) string { return []string{"one", "two", "three"}[i%3] }
+	ids := createPlainNodes(t, ns, 15, group)
 	w := watchHolders(t, ns, slots)
 	replicas := []*arbiter{startArbiter(t, ns), startArbiter(t, ns), startArbiter(t, ns)}
 	pick := func() *arbiter { return replicas[rand.IntN(len(replicas))] }

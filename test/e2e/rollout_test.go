@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/fleetsim"
-	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
 // rollout runs a simulated rollout of n kwok hosts in one group with one
@@ -36,7 +36,7 @@ func rollout(tb testing.TB, n int, scale float64, args ...string) ([]fleetsim.Ti
 		hosts[i] = fleetsim.Host{Node: nd.name, ID: nd.id}
 	}
 	timelines, sum, err := fleetsim.Run(ctx, fleetsim.Config{
-		Client: cluster.Client, BaseURL: a.url, Namespace: ns, Group: harness.Prefix(tb), Slots: 1,
+		Client: cluster.Client, BaseURL: a.url, Namespace: ns, Group: fleetlock.DefaultGroup, Slots: 1,
 		Hosts: hosts, Scale: scale, RebootTime: 60 * time.Second, Seed: 1,
 	})
 	var table strings.Builder

@@ -74,9 +74,11 @@ func (h host) post(t *testing.T, port, op string, p fleetlock.ClientParams) (int
 }
 
 // TestSourceBinding: one network namespace poses as the node (its address
-// is the Node's InternalIP), another as an intruder. Only the node may take
-// and release its slot; the intruder gets 403 forbidden_source and changes
-// nothing; --source-binding=false lets anyone through.
+// is the Node's InternalIP), another as an intruder, a pod holding the
+// first address of the node's pod CIDR. Only the node may take and release
+// its slot; the intruder gets 403 forbidden_source and changes nothing,
+// unless --source-binding-pod-bridge counts that address as the node's;
+// --source-binding=false lets anyone through.
 func TestSourceBinding(t *testing.T) {
 	ctx := context.Background()
 	ns := cluster.Namespace(t)
@@ -91,6 +93,11 @@ func TestSourceBinding(t *testing.T) {
 	name := harness.Prefix(t) + "-node"
 	_, err := cluster.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{
 		Name: name, Annotations: map[string]string{annotations.ZincatiID: id},
+		Labels: map[string]string{annotations.GroupLabel: "bound"},
+	}, Spec: corev1.NodeSpec{
+		// An IPAM that hands the pod CIDR's first address to a pod: the
+		// intruder holds it.
+		PodCIDR: fmt.Sprintf("10.213.%d.1/32", subnet+1),
 	}}, metav1.CreateOptions{})
 	must(t, err)
 	t.Cleanup(func() { fixtures.DeleteNodes(context.Background(), cluster.Client, name) })
@@ -103,7 +110,7 @@ func TestSourceBinding(t *testing.T) {
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	l.Close()
 	a := startArbiter(t, ns, "--listen-address", "0.0.0.0:"+port, "--source-binding=true")
-	p := fleetlock.ClientParams{ID: id, Group: harness.Prefix(t)}
+	p := fleetlock.ClientParams{ID: id, Group: "bound"}
 
 	if code, body := intruder.post(t, port, "pre-reboot", p); code != 403 || !strings.Contains(body, `"forbidden_source"`) {
 		t.Fatalf("intruder pre-reboot = %d %s, want 403 forbidden_source", code, body)
@@ -128,6 +135,16 @@ func TestSourceBinding(t *testing.T) {
 	}
 	if h := holders(t, ns, p.Group); len(h) != 0 {
 		t.Fatalf("holders after the node's steady-state = %+v", h)
+	}
+
+	// The pod bridge's address counts only when opted in.
+	a.stop()
+	a = startArbiter(t, ns, "--listen-address", "0.0.0.0:"+port, "--source-binding=true", "--source-binding-pod-bridge")
+	if code, body := intruder.post(t, port, "pre-reboot", p); code != 200 {
+		t.Fatalf("pre-reboot from the pod bridge's address, opted in = %d %s, want 200", code, body)
+	}
+	if code, body := intruder.post(t, port, "steady-state", p); code != 200 {
+		t.Fatalf("steady-state from the pod bridge's address, opted in = %d %s, want 200", code, body)
 	}
 
 	// The escape hatch.

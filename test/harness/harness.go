@@ -124,6 +124,14 @@ func (c *Cluster) Kubectl(args ...string) (string, error) {
 // right.
 func (c *Cluster) ImpersonatingKubeconfig(t testing.TB, user string, groups ...string) string {
 	t.Helper()
+	return c.ImpersonatingKubeconfigExtra(t, user, groups, nil)
+}
+
+// ImpersonatingKubeconfigExtra is ImpersonatingKubeconfig with extra user
+// info, such as the authentication.kubernetes.io/node-name that a token
+// bound to a pod carries.
+func (c *Cluster) ImpersonatingKubeconfigExtra(t testing.TB, user string, groups []string, extra map[string][]string) string {
+	t.Helper()
 	raw, err := os.ReadFile(c.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -131,6 +139,12 @@ func (c *Cluster) ImpersonatingKubeconfig(t testing.TB, user string, groups ...s
 	as := "    as: " + user + "\n"
 	if len(groups) > 0 {
 		as += "    as-groups: [" + strings.Join(groups, ", ") + "]\n"
+	}
+	if len(extra) > 0 {
+		as += "    as-user-extra:\n"
+		for k, vs := range extra {
+			as += "      " + k + ": [" + strings.Join(vs, ", ") + "]\n"
+		}
 	}
 	text := strings.Replace(string(raw), "    client-key:", as+"    client-key:", 1)
 	path := filepath.Join(t.TempDir(), "kubeconfig")

@@ -5,6 +5,7 @@ package nspawn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rebootmanager/reboot-manager/agent/dropin"
+	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/systemd"
 )
 
@@ -118,7 +120,7 @@ func TestRestartRealZincati(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dropin.Write(box.root+"/etc/zincati/config.d", dropin.DefaultName, content); err != nil {
+	if _, err := dropin.Write(box.root+"/etc/zincati/config.d", dropin.DefaultName, content, dropin.Public); err != nil {
 		t.Fatal(err)
 	}
 	m, err := systemd.Connect(ctx)
@@ -163,7 +165,7 @@ func TestAgentCleanupJournal(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/agent: %v\n%s", err, out)
 	}
-	if _, err := dropin.Write(box.root+"/etc/zincati/config.d", dropin.DefaultName, []byte("# to be removed\n")); err != nil {
+	if _, err := dropin.Write(box.root+"/etc/zincati/config.d", dropin.DefaultName, []byte("# to be removed\n"), dropin.Public); err != nil {
 		t.Fatal(err)
 	}
 	script := `set -e
@@ -191,4 +193,118 @@ exec "$@"`
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// TestDropInAccess proves, on the container's real systemd host with users
+// made by its own useradd and groupadd, who may read the drop-in holding the
+// credential as the agent writes it (dropin.ZincatiAccess, then
+// dropin.Write): owned by root, group the zincati user's primary group (or
+// else the group named zincati), mode 0640, so the zincati user (or a
+// member of that group) reads it and another unprivileged user gets
+// "Permission denied". With no zincati user or group, ZincatiAccess returns
+// ErrNoZincatiGroup and the agent's fallback, dropin.Public, is root:root
+// 0644. Each case removes the users and groups it made.
+func TestDropInAccess(t *testing.T) {
+	dir := box.root + "/etc/zincati/config.d"
+	const inBox = "/etc/zincati/config.d/" + dropin.DefaultName
+	boxExec(t, "useradd", "--system", "--user-group", "--no-create-home", "intruder")
+	t.Cleanup(func() { _, _ = box.exec("userdel", "intruder") })
+	for _, tc := range []struct {
+		name    string
+		setup   [][]string // run in the container before ZincatiAccess
+		wantErr error      // from ZincatiAccess; the agent then writes dropin.Public
+		stat    string     // stat -c '%U %G %a' in the container
+		readers []string   // may cat the file
+		denied  []string   // get Permission denied
+	}{{
+		name:    "no zincati user",
+		wantErr: dropin.ErrNoZincatiGroup,
+		stat:    "root root 644",
+		readers: []string{"intruder"},
+	}, {
+		name:    "zincati system user",
+		setup:   [][]string{{"useradd", "--system", "--user-group", "--no-create-home", "zincati"}},
+		stat:    "root zincati 640",
+		readers: []string{"zincati"},
+		denied:  []string{"intruder", "nobody"},
+	}, {
+		name: "zincati user's primary group is not named zincati",
+		setup: [][]string{
+			{"groupadd", "--system", "updaters"},
+			{"groupadd", "--system", "zincati"}, // passwd's primary group wins over it
+			{"useradd", "--system", "--gid", "updaters", "--no-create-home", "zincati"},
+		},
+		stat:    "root updaters 640",
+		readers: []string{"zincati"},
+		denied:  []string{"intruder"},
+	}, {
+		name: "zincati group only",
+		setup: [][]string{
+			{"groupadd", "--system", "zincati"},
+			{"useradd", "--system", "--user-group", "--groups", "zincati", "--no-create-home", "member"},
+		},
+		stat:    "root zincati 640",
+		readers: []string{"member"},
+		denied:  []string{"intruder"},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Cleanup(func() {
+				os.Remove(filepath.Join(dir, dropin.DefaultName))
+				for _, u := range []string{"zincati", "member"} {
+					_, _ = box.exec("userdel", u)
+				}
+				for _, g := range []string{"zincati", "updaters"} {
+					_, _ = box.exec("groupdel", g)
+				}
+			})
+			for _, c := range tc.setup {
+				boxExec(t, c...)
+			}
+			acc, err := dropin.ZincatiAccess(box.root)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("ZincatiAccess = %+v, %v; want error %v", acc, err, tc.wantErr)
+			}
+			if err != nil {
+				acc = dropin.Public
+			} else if acc.Mode != 0o640 {
+				t.Errorf("ZincatiAccess mode = %v, want 0640", acc.Mode)
+			}
+			secret, err := credential.New()
+			if err != nil {
+				t.Fatal(err)
+			}
+			content, err := dropin.Render(dropin.Settings{BaseURL: "http://10.0.0.9:80", Group: "workers", User: "fcos-test", Secret: secret})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := dropin.Write(dir, dropin.DefaultName, content, acc); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.TrimSpace(boxExec(t, "stat", "-c", "%U %G %a", inBox)); got != tc.stat {
+				t.Errorf("stat %s in the container = %q, want %q", inBox, got, tc.stat)
+			}
+			for _, u := range tc.readers {
+				out, err := box.exec("runuser", "-u", u, "--", "cat", inBox)
+				if err != nil || !strings.Contains(out, secret) {
+					t.Errorf("runuser -u %s -- cat %s: %v, %q; want the drop-in with the secret", u, inBox, err, out)
+				}
+			}
+			for _, u := range tc.denied {
+				out, err := box.exec("runuser", "-u", u, "--", "cat", inBox)
+				if err == nil || !strings.Contains(out, "Permission denied") || strings.Contains(out, secret) {
+					t.Errorf("runuser -u %s -- cat %s: %v, %q; want Permission denied", u, inBox, err, out)
+				}
+			}
+		})
+	}
+}
+
+// boxExec runs a command in the container and fails the test if it fails.
+func boxExec(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := box.exec(args...)
+	if err != nil {
+		t.Fatalf("%s in the container: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
 }

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/rebootmanager/reboot-manager/agent/dropin"
+	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/credential"
+)
+
+// TestCredential is the agent's choice of the secret the drop-in carries
+// and of the hashes the Node publishes first (pure logic: the fake
+// clientset only records the patch).
+func TestCredential(t *testing.T) {
+	old, pending := strings.Repeat("1", 64), strings.Repeat("2", 64)
+	tests := []struct {
+		name         string
+		file         string // the drop-in's secret; "" for none
+		current      string // the Node's hash annotations
+		previous     string
+		status       string
+		wantKeep     bool   // the drop-in's secret stays
+		wantNone     bool   // no secret yet
+		wantPrevious string // the previous hash published with a new secret
+	}{
+		{"steady: the drop-in's secret matches", old, credential.Hash(old), "", "", true, false, ""},
+		{"steady mid-cycle", old, credential.Hash(old), "", annotations.StatusDraining, true, false, ""},
+		{"first run", "", "", "", "", false, false, ""},
+		{"first run mid-cycle: none yet, Zincati began without one", "", "", "", annotations.StatusRebooting, false, true, ""},
+		{"rotation asked for: the running secret stays accepted", old, "", "", "", false, false, credential.Hash(old)},
+		{"rotation mid-cycle: the same, restart deferred", old, "", "", annotations.StatusDraining, false, false, credential.Hash(old)},
+		{"a rotation already pending keeps its previous", old, "", credential.Hash(pending), "", false, false, credential.Hash(pending)},
+		{"a hash that is not the drop-in's (crash mid-rotation)", old, credential.Hash(pending), credential.Hash(old), "", false, false, credential.Hash(old)},
+		{"a reinstalled host whose Node still has a hash", "", credential.Hash(pending), "", annotations.StatusDraining, false, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if tt.file != "" {
+				content, err := dropin.Render(dropin.Settings{BaseURL: "http://a/", User: "n", Secret: tt.file})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := dropin.Write(dir, dropin.DefaultName, content, dropin.Public); err != nil {
+					t.Fatal(err)
+				}
+			}
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: map[string]string{}}}
+			for k, v := range map[string]string{annotations.CredentialSHA256: tt.current, annotations.CredentialPreviousSHA256: tt.previous, annotations.Status: tt.status} {
+				if v != "" {
+					node.Annotations[k] = v
+				}
+			}
+			client := fake.NewClientset(node.DeepCopy())
+			a := New(Config{NodeName: "n", FileName: dropin.DefaultName}, client, nil, slog.New(slog.DiscardHandler))
+			got, err := a.credential(context.Background(), a.log, node, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, _ := client.CoreV1().Nodes().Get(context.Background(), "n", metav1.GetOptions{})
+			switch {
+			case tt.wantKeep:
+				if got != tt.file || len(client.Actions()) != 1 { // the Get above
+					t.Fatalf("secret %q, %d API calls; want the drop-in's kept and no patch", got, len(client.Actions())-1)
+				}
+			case tt.wantNone:
+				if got != "" || len(client.Actions()) != 1 {
+					t.Fatalf("secret %q, %d API calls; want none and no patch", got, len(client.Actions())-1)
+				}
+			default:
+				if !credential.Valid(got) || got == tt.file {
+					t.Fatalf("secret %q, want a new one", got)
+				}
+				if h := after.Annotations[annotations.CredentialSHA256]; h != credential.Hash(got) {
+					t.Fatalf("published hash %q, want the new secret's", h)
+				}
+				if p := after.Annotations[annotations.CredentialPreviousSHA256]; p != tt.wantPrevious {
+					t.Fatalf("published previous %q, want %q", p, tt.wantPrevious)
+				}
+			}
+		})
+	}
+}
