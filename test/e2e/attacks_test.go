@@ -80,7 +80,9 @@ func TestIDTakeover(t *testing.T) {
 	nodeA, nodeB, nodeC := nodes[0], nodes[1], nodes[2]
 	must(t, fixtures.CreateGuarded(ctx, cluster.Client, ns, "web", ns+"-b", 2, 2))
 	ca, cb, cc := credentialed(ctx, t, a, nodeA), credentialed(ctx, t, a, nodeB), credentialed(ctx, t, a, nodeC)
-	p := func(n simNode) fleetlock.ClientParams { return fleetlock.ClientParams{ID: n.id, Group: fleetlock.DefaultGroup} }
+	p := func(n simNode) fleetlock.ClientParams {
+		return fleetlock.ClientParams{ID: n.id, Group: fleetlock.DefaultGroup}
+	}
 
 	if err := cb.PreReboot(ctx, p(nodeB)); !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
 		t.Fatalf("B's pre-reboot = %v, want drain_in_progress", err)

@@ -31,7 +31,7 @@ func TestCrashes(t *testing.T) {
 	ctx := context.Background()
 	ns := cluster.Namespace(t)
 	nodes := newNodes(t, ns, 3, nil) // kwok runs their pods and completes evictions
-	group := fleetlock.DefaultGroup // the group of nodes without a label
+	group := fleetlock.DefaultGroup  // the group of nodes without a label
 	args := []string{"--leader-election=false", "--max-wait", "10s"}
 	a := startArbiter(t, ns, args...)
 	crashAfter := func(max time.Duration, f func()) {
