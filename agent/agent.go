@@ -14,7 +14,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -151,15 +153,15 @@ func (a *Agent) Sync(ctx context.Context) error {
 	group := node.Labels[annotations.GroupLabel]
 	dir := filepath.Join(a.cfg.HostRoot, a.cfg.ConfigDir)
 	log := a.log.With("base_url", credential.Redact(baseURL), "group", group)
-	secret, err := a.credential(ctx, log, node, dir)
+	cred, err := a.credential(ctx, log, node, dir)
 	if err != nil {
 		return err
 	}
 	acc := dropin.Public
-	if secret != "" {
+	if cred.secret != "" {
 		acc = a.access(log)
 	}
-	content, err := dropin.Render(dropin.Settings{BaseURL: baseURL, Group: group, User: node.Name, Secret: secret})
+	content, err := dropin.Render(dropin.Settings{BaseURL: baseURL, Group: group, User: node.Name, Secret: cred.secret})
 	if err != nil {
 		return err
 	}
@@ -169,27 +171,36 @@ func (a *Agent) Sync(ctx context.Context) error {
 	}
 	log = log.With("changed", changed)
 	if changed {
-		log.Info("wrote the Zincati drop-in", "path", filepath.Join(dir, a.cfg.FileName), "credential", secret != "", "mode", acc.Mode.String())
+		log.Info("wrote the Zincati drop-in", "path", filepath.Join(dir, a.cfg.FileName), "credential", cred.secret != "", "mode", acc.Mode.String())
 		a.restartPending = true
 	}
-	previous := node.Annotations[annotations.CredentialPreviousSHA256] != ""
-	if !a.restartPending && !previous {
+	if !a.restartPending && !cred.previous {
 		return nil
 	}
-	if s, ok := inCycle(node); ok {
+	if !cred.first {
 		// A restart sends steady-state, which would release the slot
-		// mid-cycle; the previous credential stays accepted meanwhile.
-		log.Info("Zincati restart deferred: the node is in a reboot cycle", "status", s)
-		return nil
+		// mid-cycle; the previous credentials stay accepted meanwhile. The
+		// cycle is read fresh: the cache may not show one that just began.
+		fresh, err := a.client.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read node %s before restarting Zincati: %w", a.cfg.NodeName, err)
+		}
+		if why, ok := inCycle(fresh); ok {
+			log.Info("Zincati restart deferred: the node is in a reboot cycle", "cycle", why)
+			return nil
+		}
 	}
+	// A first credential restarts Zincati at once, cycle or not: the Node
+	// now publishes a hash, and a Zincati running without the credential
+	// would be refused until it restarts.
 	if err := a.restarter.Restart(ctx, a.cfg.Unit); err != nil {
 		return fmt.Errorf("apply the new drop-in: %w", err)
 	}
 	a.restartPending = false
 	log.Info("restarted Zincati", "unit", a.cfg.Unit)
-	if previous {
-		// Zincati runs the new credential now: the old one is no longer
-		// accepted.
+	if cred.previous {
+		// Zincati runs the drop-in's credential now: the old ones are no
+		// longer accepted.
 		if err := a.annotate(ctx, map[string]any{annotations.CredentialPreviousSHA256: nil}); err != nil {
 			return fmt.Errorf("retire the previous credential: %w", err)
 		}
@@ -198,52 +209,86 @@ func (a *Agent) Sync(ctx context.Context) error {
 	return nil
 }
 
-// credential returns the secret the drop-in is to carry, and makes sure,
+// hostCredential is what credential decided.
+type hostCredential struct {
+	// secret is the one the drop-in is to carry; "" for none yet.
+	secret string
+	// previous is set when the Node accepts previous credentials too,
+	// until Zincati restarts with secret.
+	previous bool
+	// first is set when secret is the host's first: Zincati runs none.
+	first bool
+}
+
+// maxPrevious bounds the previous hashes kept during a rotation.
+const maxPrevious = 3
+
+// credential decides the secret the drop-in is to carry, and makes sure,
 // before the drop-in carries it, that the Node's hashes cover both it and
-// whatever Zincati still runs. It keeps the drop-in's secret while the Node
-// publishes its hash. Otherwise (a first run, or the hash deleted to ask for
-// a rotation) it makes a new one and publishes its hash, keeping the hash of
-// the secret Zincati runs as the previous one until Zincati restarts. On a
-// first run during a reboot cycle it gives none yet: Zincati, running
-// without one, would be refused until its restart, which waits for the
-// cycle's end.
-func (a *Agent) credential(ctx context.Context, log *slog.Logger, node *corev1.Node, dir string) (string, error) {
+// whatever Zincati may still run. It keeps the drop-in's secret while the
+// Node publishes its hash. Otherwise (a first run, or the hash deleted to
+// ask for a rotation) it makes a new one and publishes its hash, with the
+// hashes Zincati may still run as the previous ones: the drop-in's secret
+// (if Zincati restarted since it was written) and the previous ones already
+// published (if it did not), until Zincati restarts. On a first run during
+// a reboot cycle (read fresh) it gives none yet: Zincati, running without
+// one, would be refused until its restart, which waits for the cycle's end.
+func (a *Agent) credential(ctx context.Context, log *slog.Logger, node *corev1.Node, dir string) (hostCredential, error) {
 	file, err := dropin.Secret(dir, a.cfg.FileName)
 	if err != nil {
-		return "", err
+		return hostCredential{}, err
 	}
 	current := node.Annotations[annotations.CredentialSHA256]
 	previous := node.Annotations[annotations.CredentialPreviousSHA256]
 	if file != "" && credential.Hash(file) == current {
-		return file, nil
+		return hostCredential{secret: file, previous: previous != ""}, nil
 	}
-	if _, cycling := inCycle(node); cycling && file == "" && current == "" && previous == "" {
-		log.Info("credential deferred: the node is in a reboot cycle that Zincati began without one")
-		return "", nil
+	first := file == "" && current == "" && previous == ""
+	if first {
+		fresh, err := a.client.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+		if err != nil {
+			return hostCredential{}, fmt.Errorf("read node %s before its first credential: %w", a.cfg.NodeName, err)
+		}
+		if why, ok := inCycle(fresh); ok {
+			log.Info("credential deferred: the node is in a reboot cycle that Zincati began without one", "cycle", why)
+			return hostCredential{}, nil
+		}
 	}
 	secret, err := credential.New()
 	if err != nil {
-		return "", err
+		return hostCredential{}, err
 	}
-	if previous == "" && file != "" {
-		previous = credential.Hash(file) // what Zincati runs
+	var accepted []string
+	if file != "" {
+		accepted = append(accepted, credential.Hash(file))
+	}
+	for _, h := range strings.Split(previous, ",") {
+		if h != "" && !slices.Contains(accepted, h) && len(accepted) < maxPrevious {
+			accepted = append(accepted, h)
+		}
 	}
 	change := map[string]any{annotations.CredentialSHA256: credential.Hash(secret), annotations.CredentialPreviousSHA256: nil}
-	if previous != "" {
-		change[annotations.CredentialPreviousSHA256] = previous
+	if len(accepted) > 0 {
+		change[annotations.CredentialPreviousSHA256] = strings.Join(accepted, ",")
 	}
 	if err := a.annotate(ctx, change); err != nil {
-		return "", fmt.Errorf("publish the credential's hash: %w", err)
+		return hostCredential{}, fmt.Errorf("publish the credential's hash: %w", err)
 	}
-	log.Info("published a new credential's hash", "rotation", current != "" || file != "", "previous_accepted", previous != "")
-	return secret, nil
+	log.Info("published a new credential's hash", "rotation", !first, "previous_accepted", len(accepted))
+	return hostCredential{secret: secret, previous: len(accepted) > 0, first: first}, nil
 }
 
-// inCycle reports whether the node is shown in a reboot cycle, and its
-// status.
+// inCycle reports whether the node carries a mark of a reboot cycle, and
+// which.
 func inCycle(n *corev1.Node) (string, bool) {
-	s := n.Annotations[annotations.Status]
-	return s, s == annotations.StatusDraining || s == annotations.StatusRebooting
+	a := n.Annotations
+	if s := a[annotations.Status]; s == annotations.StatusDraining || s == annotations.StatusRebooting {
+		return s, true
+	}
+	if a[annotations.Holding] != "" {
+		return "holding " + a[annotations.Holding], true
+	}
+	return "", false
 }
 
 // access is how the drop-in that holds the secret is written: readable by

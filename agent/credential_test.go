@@ -28,17 +28,22 @@ func TestCredential(t *testing.T) {
 		status       string
 		wantKeep     bool   // the drop-in's secret stays
 		wantNone     bool   // no secret yet
-		wantPrevious string // the previous hash published with a new secret
+		wantPrevious string // the previous hashes published with a new secret
+		wantFirst    bool
 	}{
-		{"steady: the drop-in's secret matches", old, credential.Hash(old), "", "", true, false, ""},
-		{"steady mid-cycle", old, credential.Hash(old), "", annotations.StatusDraining, true, false, ""},
-		{"first run", "", "", "", "", false, false, ""},
-		{"first run mid-cycle: none yet, Zincati began without one", "", "", "", annotations.StatusRebooting, false, true, ""},
-		{"rotation asked for: the running secret stays accepted", old, "", "", "", false, false, credential.Hash(old)},
-		{"rotation mid-cycle: the same, restart deferred", old, "", "", annotations.StatusDraining, false, false, credential.Hash(old)},
-		{"a rotation already pending keeps its previous", old, "", credential.Hash(pending), "", false, false, credential.Hash(pending)},
-		{"a hash that is not the drop-in's (crash mid-rotation)", old, credential.Hash(pending), credential.Hash(old), "", false, false, credential.Hash(old)},
-		{"a reinstalled host whose Node still has a hash", "", credential.Hash(pending), "", annotations.StatusDraining, false, false, ""},
+		{"steady: the drop-in's secret matches", old, credential.Hash(old), "", "", true, false, "", false},
+		{"steady mid-cycle", old, credential.Hash(old), "", annotations.StatusDraining, true, false, "", false},
+		{"first run", "", "", "", "", false, false, "", true},
+		{"first run mid-cycle: none yet, Zincati began without one", "", "", "", annotations.StatusRebooting, false, true, "", false},
+		{"rotation asked for: the running secret stays accepted", old, "", "", "", false, false, credential.Hash(old), false},
+		{"rotation mid-cycle: the same, restart deferred", old, "", "", annotations.StatusDraining, false, false, credential.Hash(old), false},
+		{"a rotation already pending keeps its previous, and the drop-in's", old, "", credential.Hash(pending), "", false, false,
+			credential.Hash(old) + "," + credential.Hash(pending), false},
+		{"a hash that is not the drop-in's (crash mid-rotation)", old, credential.Hash(pending), credential.Hash(old), "", false, false, credential.Hash(old), false},
+		{"previous hashes are bounded", old, "", credential.Hash("a") + "," + credential.Hash("b") + "," + credential.Hash("c"), "", false, false,
+			credential.Hash(old) + "," + credential.Hash("a") + "," + credential.Hash("b"), false},
+		{"first run, a holding mark but no status yet: a cycle too", "", "", "", "holding", false, true, "", false},
+		{"a reinstalled host whose Node still has a hash", "", credential.Hash(pending), "", annotations.StatusDraining, false, false, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -53,16 +58,25 @@ func TestCredential(t *testing.T) {
 				}
 			}
 			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: map[string]string{}}}
-			for k, v := range map[string]string{annotations.CredentialSHA256: tt.current, annotations.CredentialPreviousSHA256: tt.previous, annotations.Status: tt.status} {
+			status, holding := tt.status, ""
+			if status == "holding" {
+				status, holding = "", "default/id/2026-12-01T00:00:00Z"
+			}
+			for k, v := range map[string]string{annotations.CredentialSHA256: tt.current, annotations.CredentialPreviousSHA256: tt.previous,
+				annotations.Status: status, annotations.Holding: holding} {
 				if v != "" {
 					node.Annotations[k] = v
 				}
 			}
 			client := fake.NewClientset(node.DeepCopy())
 			a := New(Config{NodeName: "n", FileName: dropin.DefaultName}, client, nil, slog.New(slog.DiscardHandler))
-			got, err := a.credential(context.Background(), a.log, node, dir)
+			cred, err := a.credential(context.Background(), a.log, node, dir)
 			if err != nil {
 				t.Fatal(err)
+			}
+			got := cred.secret
+			if cred.first != tt.wantFirst {
+				t.Errorf("first = %v, want %v", cred.first, tt.wantFirst)
 			}
 			after, _ := client.CoreV1().Nodes().Get(context.Background(), "n", metav1.GetOptions{})
 			switch {
@@ -71,7 +85,7 @@ func TestCredential(t *testing.T) {
 					t.Fatalf("secret %q, %d API calls; want the drop-in's kept and no patch", got, len(client.Actions())-1)
 				}
 			case tt.wantNone:
-				if got != "" || len(client.Actions()) != 1 {
+				if got != "" || len(client.Actions()) != 2 { // the fresh read of the node, the Get above
 					t.Fatalf("secret %q, %d API calls; want none and no patch", got, len(client.Actions())-1)
 				}
 			default:

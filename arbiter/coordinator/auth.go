@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/subtle"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -54,17 +56,19 @@ func (c *Coordinator) authenticate(ctx context.Context, log *slog.Logger, n *cor
 		}
 		return checkToken(got, want, group)
 	}
-	current, previous := n.Annotations[annotations.CredentialSHA256], n.Annotations[annotations.CredentialPreviousSHA256]
+	// The current hash, then those of credentials Zincati may still run
+	// during a rotation (comma-separated).
+	hashes := append([]string{n.Annotations[annotations.CredentialSHA256]}, strings.Split(n.Annotations[annotations.CredentialPreviousSHA256], ",")...)
 	if nodes.HasCredential(n) {
 		switch {
-		case credential.Matches(got, current, previous):
+		case credential.Matches(got, hashes...):
 			return nil
 		case got == "":
 			log.Warn("request without the node's credential")
 			return fleetlock.Errorf(fleetlock.KindUnauthorized,
 				"node %s requires its host's credential, which the reboot-manager agent writes into Zincati's base_url as http://%s:SECRET@…; "+
 					"this request carries none (if the agent just wrote it, Zincati picks it up when it restarts)", n.Name, n.Name)
-		case !credential.ValidHash(current) && !credential.ValidHash(previous):
+		case !slices.ContainsFunc(hashes, credential.ValidHash):
 			log.Warn("the node's credential hash is malformed")
 			return fleetlock.Errorf(fleetlock.KindUnauthorized,
 				"node %s's annotation %s is not a SHA-256 in hex: delete it, and the agent publishes a new credential", n.Name, annotations.CredentialSHA256)

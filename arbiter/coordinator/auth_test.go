@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
@@ -49,6 +50,7 @@ func TestAuthenticate(t *testing.T) {
 		{"credential from anywhere", Config{SourceBinding: true}, withHash(credential.Hash(secret), ""), "default", secret, elsewhere, "", ""},
 		{"credential replaces the group token", Config{Token: tokens}, withHash(credential.Hash(secret), ""), "locked", secret, elsewhere, "", ""},
 		{"previous credential during a rotation", Config{}, withHash(credential.Hash(secret), credential.Hash(old)), "default", old, elsewhere, "", ""},
+		{"one of several previous during a rotation", Config{}, withHash(credential.Hash(secret), credential.Hash("x")+","+credential.Hash(old)), "default", old, elsewhere, "", ""},
 		{"previous alone (the current hash deleted)", Config{}, withHash("", credential.Hash(old)), "default", old, elsewhere, "", ""},
 		{"wrong credential", Config{}, withHash(credential.Hash(secret), ""), "default", old, elsewhere, fleetlock.KindUnauthorized, "wrong credential for node n1"},
 		{"missing credential", Config{}, withHash(credential.Hash(secret), ""), "default", "", elsewhere, fleetlock.KindUnauthorized, "carries none"},
@@ -103,5 +105,25 @@ func TestUnprotectedWarnedOnce(t *testing.T) {
 	}
 	if got := strings.Count(strings.Join(f.calls, " "), "Event(NoNodeCredential)"); got != 2 {
 		t.Fatalf("NoNodeCredential Events = %d, want 2 (one per node): %v", got, f.calls)
+	}
+}
+
+// TestHoldsElsewhere: a new slot is refused to a node that holds one in
+// another group on the fresh list, whatever the cache says.
+func TestHoldsElsewhere(t *testing.T) {
+	f := &fake{memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}} // in group "g"
+	c := New(Deps{Nodes: f, Lock: &f.memLock, Drainer: f, Settings: f, Gate: f}, Config{}, nil, slog.New(slog.DiscardHandler))
+	for _, tc := range []struct {
+		group, node string
+		want        fleetlock.Kind
+	}{
+		{"other", "n1", fleetlock.KindWrongGroup},
+		{"g", "n1", ""},     // its own group: Acquire confirms the slot
+		{"other", "n2", ""}, // another node
+	} {
+		err := c.holdsElsewhere(context.Background(), c.log, tc.group, tc.node)
+		if tc.want == "" && err != nil || tc.want != "" && !fleetlock.IsKind(err, tc.want) {
+			t.Errorf("holdsElsewhere(%s, %s) = %v, want %q", tc.group, tc.node, err, tc.want)
+		}
 	}
 }

@@ -192,12 +192,15 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 	if node != nil {
 		h.Node, h.NodeUID = node.Name, node.UID
 		log = log.With("node", node.Name)
+	}
+	// Who asks first: an unproven caller learns nothing of the node.
+	if err := c.authenticate(ctx, log, node, p.Group); err != nil {
+		return err
+	}
+	if node != nil {
 		if err := c.checkGroup(ctx, log, p, node); err != nil {
 			return err
 		}
-	}
-	if err := c.authenticate(ctx, log, node, p.Group); err != nil {
-		return err
 	}
 	if node == nil {
 		if err := c.checkGroupCount(p.Group); err != nil {
@@ -308,13 +311,23 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		var res lock.Result
 		if try {
 			admit := func() error {
-				// A new holder: its credential, on a fresh read of the node.
+				// A new holder: who asks, on a fresh read of the node (the
+				// token of a host outside the cluster again, which a long
+				// wait may have outlived) ...
+				var n *corev1.Node
 				if node != nil {
-					n, err := c.nodes.Fresh(ctx, node.Name)
-					if err != nil {
+					var err error
+					if n, err = c.nodes.Fresh(ctx, node.Name); err != nil {
 						return err
 					}
-					if err := c.authenticate(ctx, log, n, p.Group); err != nil {
+				}
+				if err := c.authenticate(ctx, log, n, p.Group); err != nil {
+					return err
+				}
+				// ... and no slot of the node in another group, on a
+				// consistent list of the lock objects.
+				if node != nil {
+					if err := c.holdsElsewhere(ctx, log, p.Group, node.Name); err != nil {
 						return err
 					}
 				}
@@ -324,7 +337,7 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			res, err = c.lock.Acquire(ctx, p.Group, h, lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}, admit)
 			var fe *fleetlock.Error
 			switch {
-			case errors.As(err, &fe) && fe.Kind == fleetlock.KindUnauthorized:
+			case errors.As(err, &fe) && (fe.Kind == fleetlock.KindUnauthorized || fe.Kind == fleetlock.KindWrongGroup):
 				return lock.Holder{}, fe
 			case errors.As(err, &fe):
 				c.noteWaiting(ctx, log, p.Group, node, fe.Value, &noted)
@@ -621,21 +634,20 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 	}
 	// What would end: each matching holder's node, and a node in a
 	// leftover cycle. Prove the request is theirs on fresh reads first.
-	owed := map[string]string{} // node → the group of its cycle ("" if none)
+	type cycle struct{ node, group string } // group "" for a leftover cycle
+	owed := map[cycle]bool{}
 	for group, holders := range all {
 		for _, h := range holders {
 			if match(h) {
-				owed[h.Node] = group
+				owed[cycle{h.Node, group}] = true
 			}
 		}
 	}
 	if node != nil && nodes.InCycle(node) {
-		if _, ok := owed[node.Name]; !ok {
-			owed[node.Name] = ""
-		}
+		owed[cycle{node.Name, ""}] = true
 	}
-	for name, group := range owed {
-		if err := c.authenticateFresh(ctx, log, name, group, p.Group); err != nil {
+	for o := range owed {
+		if err := c.authenticateFresh(ctx, log, o.node, o.group, p.Group); err != nil {
 			return err
 		}
 	}
@@ -686,11 +698,19 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 // its cycle's group.
 func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger, name, group, named string) error {
 	if name == "" {
-		return c.authenticate(ctx, log, nil, cmp.Or(group, named))
+		// A host outside the cluster: only its token proves anything.
+		group = cmp.Or(group, named)
+		if c.token(group) == "" {
+			return fleetlock.Errorf(fleetlock.KindUnauthorized,
+				"slots of hosts outside the cluster are released only with a token: set the key _default (or %q) of the tokens Secret", group)
+		}
+		return checkToken(credentialFrom(ctx), c.token(group), group)
 	}
 	n, err := c.nodes.Fresh(ctx, name)
 	switch {
 	case apierrors.IsNotFound(err):
+		// Gone: its slot is released by the reconciler anyway; a request
+		// hastens that only with the group's token, if it has one.
 		group = cmp.Or(group, named)
 		return checkToken(credentialFrom(ctx), c.token(group), group)
 	case err != nil:
@@ -742,6 +762,26 @@ func (c *Coordinator) cycleGroup(node string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// holdsElsewhere refuses a new slot in group for a node that holds one in
+// another group, on a consistent list of the lock objects: a node is in
+// one cycle at a time. (Two requests of the same node naming two groups at
+// the same instant can still both pass; only the node's own credential can
+// send them.)
+func (c *Coordinator) holdsElsewhere(ctx context.Context, log *slog.Logger, group, node string) error {
+	all, err := c.lock.Fresh(ctx)
+	if err != nil {
+		return fmt.Errorf("list the reboot slots: %w", err)
+	}
+	for g, holders := range all {
+		if g != group && slices.ContainsFunc(holders, func(h lock.Holder) bool { return h.Node == node }) {
+			log.Warn("pre-reboot for a node that holds a slot in another group", "node_group", g)
+			return fleetlock.Errorf(fleetlock.KindWrongGroup,
+				"node %s is in group %q (it holds a reboot slot there), not %q: its cycle ends there first", node, g, group)
+		}
+	}
+	return nil
 }
 
 // checkGroupCount refuses a host outside the cluster that names a group

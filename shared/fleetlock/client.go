@@ -57,7 +57,7 @@ func (e *StatusError) Unwrap() error {
 func (c *Client) do(ctx context.Context, path string, p ClientParams) error {
 	base, err := url.Parse(c.BaseURL)
 	if err != nil {
-		return fmt.Errorf("parse base URL %q: %w", c.BaseURL, err)
+		return fmt.Errorf("parse the base URL: %w", redactErr(err))
 	}
 	target := base.ResolveReference(&url.URL{Path: path})
 	body, err := json.MarshalIndent(Request{ClientParams: p}, "", "  ")
@@ -75,7 +75,7 @@ func (c *Client) do(ctx context.Context, path string, p ClientParams) error {
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("POST %s: %w", target.Redacted(), err)
+		return fmt.Errorf("POST %s://%s%s: %w", target.Scheme, target.Host, target.Path, redactErr(err))
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBodyBytes))
@@ -94,4 +94,18 @@ func (c *Client) do(ctx context.Context, path string, p ClientParams) error {
 func IsKind(err error, kind Kind) bool {
 	var fe *Error
 	return errors.As(err, &fe) && fe.Kind == kind
+}
+
+// redactErr keeps a URL's user info, which may hold a credential, out of
+// an error: *url.Error prints the URL, and hides only a password.
+func redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			u.User = nil
+			return &url.Error{Op: ue.Op, URL: u.String(), Err: ue.Err}
+		}
+		return &url.Error{Op: ue.Op, URL: "(a URL)", Err: ue.Err}
+	}
+	return err
 }
