@@ -185,6 +185,10 @@ func (a *Agent) Sync(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("read node %s before restarting Zincati: %w", a.cfg.NodeName, err)
 		}
+		cred.previous = fresh.Annotations[annotations.CredentialPreviousSHA256] != ""
+		if !a.restartPending && !cred.previous {
+			return nil // retired already: the cache lags
+		}
 		if why, ok := inCycle(fresh); ok {
 			log.Info("Zincati restart deferred: the node is in a reboot cycle", "cycle", why)
 			return nil
@@ -243,12 +247,19 @@ func (a *Agent) credential(ctx context.Context, log *slog.Logger, node *corev1.N
 	if file != "" && credential.Hash(file) == current {
 		return hostCredential{secret: file, previous: previous != ""}, nil
 	}
+	// A new secret is decided on a fresh read: the cache may not show the
+	// hash this agent published a moment ago, or a cycle that just began.
+	fresh, err := a.client.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return hostCredential{}, fmt.Errorf("read node %s before a new credential: %w", a.cfg.NodeName, err)
+	}
+	current = fresh.Annotations[annotations.CredentialSHA256]
+	previous = fresh.Annotations[annotations.CredentialPreviousSHA256]
+	if file != "" && credential.Hash(file) == current {
+		return hostCredential{secret: file, previous: previous != ""}, nil
+	}
 	first := file == "" && current == "" && previous == ""
 	if first {
-		fresh, err := a.client.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
-		if err != nil {
-			return hostCredential{}, fmt.Errorf("read node %s before its first credential: %w", a.cfg.NodeName, err)
-		}
 		if why, ok := inCycle(fresh); ok {
 			log.Info("credential deferred: the node is in a reboot cycle that Zincati began without one", "cycle", why)
 			return hostCredential{}, nil

@@ -19,6 +19,8 @@ import (
 // and of the hashes the Node publishes first (pure logic: the fake
 // clientset only records the patch).
 func TestCredential(t *testing.T) {
+	// lagging: the cache does not show yet the hash this agent published.
+	const lagging = "the cache lags behind the agent's own hash: kept"
 	old, pending := strings.Repeat("1", 64), strings.Repeat("2", 64)
 	tests := []struct {
 		name         string
@@ -34,6 +36,7 @@ func TestCredential(t *testing.T) {
 		{"steady: the drop-in's secret matches", old, credential.Hash(old), "", "", true, false, "", false},
 		{"steady mid-cycle", old, credential.Hash(old), "", annotations.StatusDraining, true, false, "", false},
 		{"first run", "", "", "", "", false, false, "", true},
+		{lagging, old, "", "", "", true, false, "", false},
 		{"first run mid-cycle: none yet, Zincati began without one", "", "", "", annotations.StatusRebooting, false, true, "", false},
 		{"rotation asked for: the running secret stays accepted", old, "", "", "", false, false, credential.Hash(old), false},
 		{"rotation mid-cycle: the same, restart deferred", old, "", "", annotations.StatusDraining, false, false, credential.Hash(old), false},
@@ -68,7 +71,11 @@ func TestCredential(t *testing.T) {
 					node.Annotations[k] = v
 				}
 			}
-			client := fake.NewClientset(node.DeepCopy())
+			served := node.DeepCopy()
+			if tt.name == lagging {
+				served.Annotations[annotations.CredentialSHA256] = credential.Hash(tt.file)
+			}
+			client := fake.NewClientset(served)
 			a := New(Config{NodeName: "n", FileName: dropin.DefaultName}, client, nil, slog.New(slog.DiscardHandler))
 			cred, err := a.credential(context.Background(), a.log, node, dir)
 			if err != nil {
@@ -80,6 +87,10 @@ func TestCredential(t *testing.T) {
 			}
 			after, _ := client.CoreV1().Nodes().Get(context.Background(), "n", metav1.GetOptions{})
 			switch {
+			case tt.wantKeep && tt.name == lagging:
+				if got != tt.file || len(client.Actions()) != 2 { // the fresh read, the Get above
+					t.Fatalf("secret %q, %d API calls; want the drop-in's kept and no patch", got, len(client.Actions())-1)
+				}
 			case tt.wantKeep:
 				if got != tt.file || len(client.Actions()) != 1 { // the Get above
 					t.Fatalf("secret %q, %d API calls; want the drop-in's kept and no patch", got, len(client.Actions())-1)

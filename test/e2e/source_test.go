@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -57,20 +56,7 @@ func newHost(t *testing.T, name string, subnet int) host {
 // status and the error body.
 func (h host) post(t *testing.T, port, op string, p fleetlock.ClientParams) (int, string) {
 	t.Helper()
-	body := fmt.Sprintf("{\n  \"client_params\": {\n    \"id\": %q,\n    \"group\": %q\n  }\n}", p.ID, p.Group)
-	out, err := exec.Command("ip", "netns", "exec", h.netns, "curl", "-sS", "-m", "30",
-		"-H", "fleet-lock-protocol: true", "-H", "Content-Type:", "--data-binary", body, "-w", "\n%{http_code}",
-		"http://"+net.JoinHostPort(h.gateway, port)+"/v1/"+op).CombinedOutput()
-	if err != nil {
-		t.Fatalf("curl from %s: %v\n%s", h.netns, err, out)
-	}
-	text := strings.TrimSpace(string(out))
-	i := strings.LastIndexByte(text, '\n')
-	code, err := strconv.Atoi(text[i+1:])
-	if err != nil {
-		t.Fatalf("curl output %q", text)
-	}
-	return code, text[:max(i, 0)]
+	return h.postURL(t, "http://"+net.JoinHostPort(h.gateway, port)+"/", op, p)
 }
 
 // TestSourceBinding: one network namespace poses as the node (its address
