@@ -35,9 +35,12 @@ import (
 	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
 )
 
-// Restarter restarts a systemd unit and waits for the result.
-type Restarter interface {
+// Host is the host's systemd: it restarts a unit and waits for the result,
+// and says how boot-complete.target stands in this boot ("reached",
+// "pending", "failed", or "" for a host without it).
+type Host interface {
 	Restart(ctx context.Context, unit string) error
+	BootComplete(ctx context.Context) (string, error)
 }
 
 // Config configures the agent.
@@ -59,13 +62,16 @@ type Config struct {
 	// External uses the Service's LoadBalancer or external IP instead of
 	// its ClusterIP.
 	External bool
+	// BootIDPath is where the kernel gives this boot's id (not under
+	// HostRoot: /proc/sys is the host's in every container).
+	BootIDPath string
 }
 
 // Agent reconciles one host.
 type Agent struct {
 	cfg       Config
 	client    kubernetes.Interface
-	restarter Restarter
+	restarter Host
 	log       *slog.Logger
 	queue     workqueue.TypedRateLimitingInterface[string]
 	nodes     corelisters.NodeLister
@@ -76,7 +82,10 @@ type Agent struct {
 }
 
 // New returns an Agent.
-func New(cfg Config, client kubernetes.Interface, r Restarter, log *slog.Logger) *Agent {
+func New(cfg Config, client kubernetes.Interface, r Host, log *slog.Logger) *Agent {
+	if cfg.BootIDPath == "" {
+		cfg.BootIDPath = "/proc/sys/kernel/random/boot_id"
+	}
 	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute)
 	return &Agent{
 		cfg: cfg, client: client, restarter: r,
@@ -146,6 +155,7 @@ func (a *Agent) Sync(ctx context.Context) error {
 	if err := a.publishID(ctx, node); err != nil {
 		return err
 	}
+	a.witness(ctx, node)
 	baseURL, err := a.baseURL()
 	if err != nil {
 		return err
@@ -341,6 +351,73 @@ func (a *Agent) publishID(ctx context.Context, node *corev1.Node) error {
 	}
 	a.log.Info("published the Zincati id", "id", id)
 	return nil
+}
+
+// witness publishes what the host knows of this boot on its Node, for the
+// arbiter to tell a reboot's end from a failed boot or a failed update:
+// the boot id, boot-complete.target's state and the OS version. It patches
+// only what differs from the Node as cached (a stale cache costs a
+// redundant, idempotent patch), and looks again in a few seconds while the
+// boot is not complete yet. A value it cannot read is left out, with a
+// warning: the drop-in is managed regardless.
+func (a *Agent) witness(ctx context.Context, node *corev1.Node) {
+	want := map[string]string{}
+	if raw, err := os.ReadFile(a.cfg.BootIDPath); err != nil {
+		a.log.Warn("cannot read the boot id", "err", err)
+	} else {
+		want[annotations.BootID] = strings.TrimSpace(string(raw))
+	}
+	switch state, err := a.restarter.BootComplete(ctx); {
+	case err != nil:
+		a.log.Warn("cannot read boot-complete.target", "err", err)
+	case state != "":
+		want[annotations.BootComplete] = state
+		if state == "pending" {
+			a.queue.AddAfter(key, 5*time.Second)
+		}
+	}
+	if v, err := osVersion(a.cfg.HostRoot); err != nil {
+		a.log.Warn("cannot read the host's os-release", "err", err)
+	} else if v != "" {
+		want[annotations.OSVersion] = v
+	}
+	change := map[string]any{}
+	for k, v := range want {
+		if node.Annotations[k] != v {
+			change[k] = v
+		}
+	}
+	if len(change) == 0 {
+		return
+	}
+	if err := a.annotate(ctx, change); err != nil {
+		a.log.Warn("publishing the boot's witness failed; retrying on the next pass", "err", err)
+		a.queue.AddAfter(key, 5*time.Second)
+		return
+	}
+	a.log.Info("published the boot's witness", "boot_id", want[annotations.BootID],
+		"boot_complete", want[annotations.BootComplete], "os_version", want[annotations.OSVersion])
+}
+
+// osVersion is VERSION from the host's os-release (/usr/lib/os-release,
+// else /etc/os-release), "" when it has none.
+func osVersion(root string) (string, error) {
+	var raw []byte
+	var err error
+	for _, p := range []string{"usr/lib/os-release", "etc/os-release"} {
+		if raw, err = os.ReadFile(filepath.Join(root, p)); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("read os-release: %w", err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "VERSION="); ok {
+			return strings.Trim(v, `"'`), nil
+		}
+	}
+	return "", nil
 }
 
 // baseURL returns the configured override or the arbiter Service's URL.

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -42,6 +44,36 @@ func TestServiceURL(t *testing.T) {
 			}
 			if err != nil || got != tt.want {
 				t.Errorf("ServiceURL() = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestOSVersion(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		want  string
+		err   bool
+	}{
+		{"usr/lib first", map[string]string{"usr/lib/os-release": "NAME=x\nVERSION=\"41.20241109.3.0 (CoreOS)\"\n", "etc/os-release": "VERSION=other\n"}, "41.20241109.3.0 (CoreOS)", false},
+		{"etc only, unquoted", map[string]string{"etc/os-release": "VERSION=12\n"}, "12", false},
+		{"no VERSION", map[string]string{"etc/os-release": "NAME=x\n"}, "", false},
+		{"no os-release", nil, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			for p, c := range tc.files {
+				if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(root, p), []byte(c), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := osVersion(root)
+			if got != tc.want || (err != nil) != tc.err {
+				t.Fatalf("osVersion = %q, %v; want %q, error %v", got, err, tc.want, tc.err)
 			}
 		})
 	}

@@ -58,3 +58,60 @@ func (m *Manager) state(ctx context.Context, unit string) string {
 	}
 	return fmt.Sprintf("ActiveState %s, SubState %s", active.Value.Value(), sub.Value.Value())
 }
+
+// BootCompleteTarget is the target that units checking a boot's health
+// are RequiredBy; Zincati starts only once it is reached.
+const BootCompleteTarget = "boot-complete.target"
+
+// Values of BootComplete.
+const (
+	BootReached = "reached"
+	BootPending = "pending"
+	BootFailed  = "failed"
+)
+
+// BootComplete reports how boot-complete.target stands in this boot:
+// BootReached once it is active; BootPending while a job for it is queued
+// or the system is still starting; BootFailed when it is neither (a unit it
+// requires failed, so it never became active, and Zincati never started).
+// It returns "" when the host has no such target.
+func (m *Manager) BootComplete(ctx context.Context) (string, error) {
+	get := func(prop string) (any, error) {
+		p, err := m.conn.GetUnitPropertyContext(ctx, BootCompleteTarget, prop)
+		if err != nil {
+			return nil, fmt.Errorf("read %s of %s: %w", prop, BootCompleteTarget, err)
+		}
+		return p.Value.Value(), nil
+	}
+	load, err := get("LoadState")
+	if err != nil {
+		return "", err
+	}
+	if load != "loaded" {
+		return "", nil
+	}
+	active, err := get("ActiveState")
+	if err != nil {
+		return "", err
+	}
+	if active == "active" {
+		return BootReached, nil
+	}
+	job, err := get("Job")
+	if err != nil {
+		return "", err
+	}
+	if j, ok := job.([]any); ok && len(j) > 0 {
+		if id, ok := j[0].(uint32); ok && id != 0 {
+			return BootPending, nil
+		}
+	}
+	state, err := m.conn.SystemStateContext(ctx)
+	if err != nil {
+		return "", fmt.Errorf("read the system state: %w", err)
+	}
+	if s := state.Value.Value(); s == "initializing" || s == "starting" {
+		return BootPending, nil
+	}
+	return BootFailed, nil
+}

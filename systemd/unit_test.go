@@ -90,3 +90,37 @@ func TestBusVanishes(t *testing.T) {
 		t.Errorf("Restart took %s to notice the bus was gone", d)
 	}
 }
+
+func TestBootComplete(t *testing.T) {
+	addr, _ := startBus(t)
+	fake := fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"})
+	m, err := Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	none := fakesystemd.NoJob
+	tests := []struct {
+		name   string
+		props  map[string]any // nil: no such target
+		system string
+		want   string
+	}{
+		{"no target on this host", nil, "running", ""},
+		{"reached", map[string]any{"ActiveState": "active", "Job": none}, "running", BootReached},
+		{"a job is queued", map[string]any{"ActiveState": "inactive", "Job": fakesystemd.Job{ID: 42, Path: "/org/freedesktop/systemd1/job/42"}}, "starting", BootPending},
+		{"still starting, no job yet", map[string]any{"ActiveState": "inactive", "Job": none}, "starting", BootPending},
+		{"a required unit failed", map[string]any{"ActiveState": "inactive", "Job": none}, "degraded", BootFailed},
+		{"not loaded", map[string]any{"LoadState": "not-found"}, "running", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fake.SetUnit(BootCompleteTarget, tt.props)
+			fake.SetSystemState(tt.system)
+			got, err := m.BootComplete(context.Background())
+			if err != nil || got != tt.want {
+				t.Fatalf("BootComplete = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}

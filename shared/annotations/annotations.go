@@ -17,9 +17,16 @@ const (
 	// still run while a new one waits for Zincati's restart; the agent
 	// removes it once Zincati has restarted with the new one.
 	CredentialPreviousSHA256 = "rebootmanager/credential-previous-sha256"
-	// OSVersion is VERSION from the host's os-release, for the agent to
-	// publish (it does not yet); an approval records it when present.
+	// OSVersion is VERSION from the host's os-release, published by the
+	// agent; an approval records it when present.
 	OSVersion = "rebootmanager/os-version"
+	// BootID is the host's boot id, published by the agent: its witness of
+	// which boot the other values are about.
+	BootID = "rebootmanager/boot-id"
+	// BootComplete is how systemd's boot-complete.target stands in that
+	// boot: "reached", "pending" or "failed" (Zincati, which requires it,
+	// then never starts), published by the agent.
+	BootComplete = "rebootmanager/boot-complete"
 	// Group is the reboot group the node holds a slot in.
 	Group = "rebootmanager/group"
 	// Since is when the node took its slot (RFC 3339).

@@ -50,6 +50,9 @@ func startAgentBinary(t *testing.T, node simNode, machineID, baseURL string) *ag
 		[]byte("root:x:0:0:root:/root:/bin/bash\nzincati:x:980:4242:Zincati:/var/lib/zincati:/sbin/nologin\n"), 0o644))
 	addr, _ := fakesystemd.StartBus(t)
 	sd := fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"})
+	sd.SetUnit("boot-complete.target", map[string]any{"ActiveState": "active", "Job": fakesystemd.NoJob})
+	must(t, os.MkdirAll(filepath.Join(root, "usr/lib"), 0o755))
+	must(t, os.WriteFile(filepath.Join(root, "usr/lib/os-release"), []byte("NAME=\"Fedora Linux\"\nVERSION=\"41.20241109.3.0 (CoreOS)\"\nID=fedora\n"), 0o644))
 	kubeconfig := cluster.ImpersonatingKubeconfigExtra(t, agentSA,
 		[]string{"system:serviceaccounts", "system:serviceaccounts:reboot-manager", "system:authenticated"},
 		map[string][]string{"authentication.kubernetes.io/node-name": {node.name}})
@@ -184,6 +187,18 @@ func TestNodeCredential(t *testing.T) {
 	if want := "http://" + node.name + ":" + secret + "@" + net.JoinHostPort(elsewhere.gateway, port) + "/"; zincati != want {
 		t.Fatalf("base_url = %q, want %q", zincati, want)
 	}
+
+	// The boot's witness, through the admission policy.
+	bootID, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	must(t, err)
+	harness.Eventually(t, 10*time.Second, "the boot's witness", func() error {
+		a := getNode(t, node.name).Annotations
+		if a[annotations.BootID] != strings.TrimSpace(string(bootID)) || a[annotations.BootComplete] != "reached" ||
+			a[annotations.OSVersion] != "41.20241109.3.0 (CoreOS)" {
+			return fmt.Errorf("witness: boot-id %q, boot-complete %q, os-version %q", a[annotations.BootID], a[annotations.BootComplete], a[annotations.OSVersion])
+		}
+		return nil
+	})
 
 	// An agent restart changes nothing and restarts nothing.
 	agent.restart()

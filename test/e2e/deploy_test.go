@@ -97,6 +97,8 @@ func TestAgentOwnNodePolicy(t *testing.T) {
 		{"another node", nodes[1].name, `{"metadata":{"annotations":{"rebootmanager/zincati-id":"x"}}}`, false},
 		{"own credential hashes", own, `{"metadata":{"annotations":{"rebootmanager/credential-sha256":"` + strings.Repeat("a", 64) +
 			`","rebootmanager/credential-previous-sha256":"` + strings.Repeat("b", 64) + `"}}}`, true},
+		{"own boot witness", own, `{"metadata":{"annotations":{"rebootmanager/boot-id":"b","rebootmanager/boot-complete":"reached","rebootmanager/os-version":"41.1"}}}`, true},
+		{"another node's boot witness", nodes[1].name, `{"metadata":{"annotations":{"rebootmanager/boot-complete":"failed"}}}`, false},
 		{"own previous hash removed", own, `{"metadata":{"annotations":{"rebootmanager/credential-previous-sha256":null}}}`, true},
 		{"another node's credential (would lock its Zincati out)", nodes[1].name,
 			`{"metadata":{"annotations":{"rebootmanager/credential-sha256":"` + strings.Repeat("c", 64) + `"}}}`, false},

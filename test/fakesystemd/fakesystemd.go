@@ -65,6 +65,35 @@ type Manager struct {
 	results  map[string]string
 	jobs     uint32
 	restarts []string
+	// props are the units' properties that Get answers, beyond the
+	// restartable units' ActiveState and SubState "failed".
+	props map[string]map[string]any
+	// systemState is the manager's SystemState.
+	systemState string
+}
+
+// Job is the (uo) value of a unit's Job property; ID 0 is no job.
+type Job struct {
+	ID   uint32
+	Path dbus.ObjectPath
+}
+
+// NoJob is the Job property of a unit with no job queued.
+var NoJob = Job{0, "/"}
+
+// SetUnit sets properties of unit (LoadState, ActiveState, Job, …) for
+// Properties.Get; a unit without any is not found.
+func (m *Manager) SetUnit(unit string, props map[string]any) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.props[unit] = props
+}
+
+// SetSystemState sets the manager's SystemState ("running" by default).
+func (m *Manager) SetSystemState(s string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.systemState = s
 }
 
 // Start puts a Manager on the bus at addr until the test ends.
@@ -75,13 +104,24 @@ func Start(t testing.TB, addr string, results map[string]string) *Manager {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	m := &Manager{conn: conn, results: results}
+	m := &Manager{conn: conn, results: results, props: map[string]map[string]any{}, systemState: "running"}
 	if err := conn.Export(m, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager"); err != nil {
 		t.Fatal(err)
 	}
+	if err := conn.Export(managerProps{m}, "/org/freedesktop/systemd1", "org.freedesktop.DBus.Properties"); err != nil {
+		t.Fatal(err)
+	}
 	for unit := range results {
+		m.props[unit] = map[string]any{"ActiveState": "failed", "SubState": "failed"}
+	}
+	for _, unit := range []string{"boot-complete.target"} {
+		if _, ok := m.props[unit]; !ok {
+			m.props[unit] = nil // not found until SetUnit
+		}
+	}
+	for unit := range m.props {
 		path := dbus.ObjectPath("/org/freedesktop/systemd1/unit/" + escape(unit))
-		if err := conn.Export(unitProps{}, path, "org.freedesktop.DBus.Properties"); err != nil {
+		if err := conn.Export(unitProps{m, unit}, path, "org.freedesktop.DBus.Properties"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -120,13 +160,39 @@ func (m *Manager) RestartUnit(name, mode string) (dbus.ObjectPath, *dbus.Error) 
 	return job, nil
 }
 
-type unitProps struct{}
+type unitProps struct {
+	m    *Manager
+	unit string
+}
 
 // Get is org.freedesktop.DBus.Properties.Get on a unit.
-func (unitProps) Get(iface, prop string) (dbus.Variant, *dbus.Error) {
-	switch prop {
-	case "ActiveState", "SubState":
-		return dbus.MakeVariant("failed"), nil
+func (u unitProps) Get(iface, prop string) (dbus.Variant, *dbus.Error) {
+	u.m.mu.Lock()
+	defer u.m.mu.Unlock()
+	props := u.m.props[u.unit]
+	if props == nil {
+		if prop == "LoadState" {
+			return dbus.MakeVariant("not-found"), nil
+		}
+		return dbus.Variant{}, &dbus.Error{Name: "org.freedesktop.systemd1.NoSuchUnit", Body: []any{"Unit " + u.unit + " not found."}}
+	}
+	if v, ok := props[prop]; ok {
+		return dbus.MakeVariant(v), nil
+	}
+	if prop == "LoadState" {
+		return dbus.MakeVariant("loaded"), nil
+	}
+	return dbus.Variant{}, &dbus.Error{Name: "org.freedesktop.DBus.Error.UnknownProperty"}
+}
+
+type managerProps struct{ m *Manager }
+
+// Get is org.freedesktop.DBus.Properties.Get on the manager.
+func (p managerProps) Get(iface, prop string) (dbus.Variant, *dbus.Error) {
+	p.m.mu.Lock()
+	defer p.m.mu.Unlock()
+	if prop == "SystemState" {
+		return dbus.MakeVariant(p.m.systemState), nil
 	}
 	return dbus.Variant{}, &dbus.Error{Name: "org.freedesktop.DBus.Error.UnknownProperty"}
 }
