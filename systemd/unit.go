@@ -72,9 +72,10 @@ const (
 
 // BootComplete reports how boot-complete.target stands in this boot:
 // BootReached once it is active; BootPending while a job for it is queued
-// or the system is still starting; BootFailed when it is neither (a unit it
-// requires failed, so it never became active, and Zincati never started).
-// It returns "" when the host has no such target.
+// or the system is still starting; BootFailed when it is neither and a unit
+// it requires has failed (so it never became active, and Zincati never
+// started). It returns "" when the host has no such target, or when this
+// boot never asked for it (inactive, no job, nothing it requires failed).
 func (m *Manager) BootComplete(ctx context.Context) (string, error) {
 	get := func(prop string) (any, error) {
 		p, err := m.conn.GetUnitPropertyContext(ctx, BootCompleteTarget, prop)
@@ -113,5 +114,21 @@ func (m *Manager) BootComplete(ctx context.Context) (string, error) {
 	if s := state.Value.Value(); s == "initializing" || s == "starting" {
 		return BootPending, nil
 	}
-	return BootFailed, nil
+	// Inactive with no job: failed if a unit it requires failed; else this
+	// boot never asked for it (nothing pulls it in), which says nothing.
+	reqs, err := get("Requires")
+	if err != nil {
+		return "", err
+	}
+	names, _ := reqs.([]string)
+	for _, u := range names {
+		p, err := m.conn.GetUnitPropertyContext(ctx, u, "ActiveState")
+		if err != nil {
+			return "", fmt.Errorf("read ActiveState of %s: %w", u, err)
+		}
+		if p.Value.Value() == "failed" {
+			return BootFailed, nil
+		}
+	}
+	return "", nil
 }

@@ -94,6 +94,8 @@ func TestBusVanishes(t *testing.T) {
 func TestBootComplete(t *testing.T) {
 	addr, _ := startBus(t)
 	fake := fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"})
+	fake.SetUnit("check.service", map[string]any{"ActiveState": "failed"})
+	fake.SetUnit("ok.service", map[string]any{"ActiveState": "active"})
 	m, err := Connect(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +112,8 @@ func TestBootComplete(t *testing.T) {
 		{"reached", map[string]any{"ActiveState": "active", "Job": none}, "running", BootReached},
 		{"a job is queued", map[string]any{"ActiveState": "inactive", "Job": fakesystemd.Job{ID: 42, Path: "/org/freedesktop/systemd1/job/42"}}, "starting", BootPending},
 		{"still starting, no job yet", map[string]any{"ActiveState": "inactive", "Job": none}, "starting", BootPending},
-		{"a required unit failed", map[string]any{"ActiveState": "inactive", "Job": none}, "degraded", BootFailed},
+		{"a required unit failed", map[string]any{"ActiveState": "inactive", "Job": none, "Requires": []string{"ok.service", "check.service"}}, "degraded", BootFailed},
+		{"never asked for in this boot", map[string]any{"ActiveState": "inactive", "Job": none, "Requires": []string{"ok.service"}}, "running", ""},
 		{"not loaded", map[string]any{"LoadState": "not-found"}, "running", ""},
 	}
 	for _, tt := range tests {

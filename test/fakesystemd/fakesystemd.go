@@ -85,8 +85,13 @@ var NoJob = Job{0, "/"}
 // Properties.Get; a unit without any is not found.
 func (m *Manager) SetUnit(unit string, props map[string]any) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	_, known := m.props[unit]
 	m.props[unit] = props
+	m.mu.Unlock()
+	if !known {
+		path := dbus.ObjectPath("/org/freedesktop/systemd1/unit/" + escape(unit))
+		_ = m.conn.Export(unitProps{m, unit}, path, "org.freedesktop.DBus.Properties")
+	}
 }
 
 // SetSystemState sets the manager's SystemState ("running" by default).

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	sdbus "github.com/coreos/go-systemd/v22/dbus"
+
 	"github.com/rebootmanager/reboot-manager/agent/dropin"
 	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/systemd"
@@ -293,6 +295,150 @@ func TestDropInAccess(t *testing.T) {
 				out, err := box.exec("runuser", "-u", u, "--", "cat", inBox)
 				if err == nil || !strings.Contains(out, "Permission denied") || strings.Contains(out, secret) {
 					t.Errorf("runuser -u %s -- cat %s: %v, %q; want Permission denied", u, inBox, err, out)
+				}
+			}
+		})
+	}
+}
+
+// TestBootComplete proves systemd.Manager.BootComplete against the
+// container's real systemd 252 over its system bus. Before each case
+// boot-complete.target is stopped, the case's check.service (Type=oneshot,
+// Before= and RequiredBy=boot-complete.target, enabled by a symlink in
+// boot-complete.target.requires/) is installed and systemd reloaded, then
+// the target is started:
+//   - with no check unit the target becomes active: "reached";
+//   - with a check unit running /bin/false the target's start job fails with
+//     result "dependency" and the target stays inactive with no job while the
+//     system is running or degraded: "failed";
+//   - with a check unit sleeping 5 s, started with --no-block, a start job
+//     for the target is queued: "pending", then "reached" once it finishes.
+//
+// Each case logs the raw ActiveState, SubState, Job (with its Go type) and
+// SystemState it saw, and restores a healthy system (no check unit, target
+// active, nothing failed) so later tests are unaffected. Before anything
+// started the target (nothing in this root pulls it in), BootComplete must
+// not say "failed".
+func TestBootComplete(t *testing.T) {
+	box.bus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m, err := systemd.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	raw, err := sdbus.NewSystemConnectionContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	observe := func(t *testing.T, when string) {
+		t.Helper()
+		var parts []string
+		for _, p := range []string{"LoadState", "ActiveState", "SubState", "Job"} {
+			v, err := raw.GetUnitPropertyContext(ctx, systemd.BootCompleteTarget, p)
+			if err != nil {
+				parts = append(parts, p+": "+err.Error())
+				continue
+			}
+			val := v.Value.Value()
+			typ := fmt.Sprintf("%T", val)
+			if s, ok := val.([]any); ok {
+				for _, e := range s {
+					typ += fmt.Sprintf(" %T", e)
+				}
+			}
+			parts = append(parts, fmt.Sprintf("%s=%#v (%s)", p, val, typ))
+		}
+		if st, err := raw.SystemStateContext(ctx); err == nil {
+			parts = append(parts, fmt.Sprintf("SystemState=%v", st.Value.Value()))
+		}
+		t.Logf("%s: %s", when, strings.Join(parts, ", "))
+	}
+	bootComplete := func(t *testing.T) string {
+		t.Helper()
+		got, err := m.BootComplete(ctx)
+		if err != nil {
+			t.Fatalf("BootComplete: %v", err)
+		}
+		return got
+	}
+	const (
+		unitDir  = "/etc/systemd/system"
+		unit     = unitDir + "/check.service"
+		requires = unitDir + "/boot-complete.target.requires/check.service"
+	)
+	clean := func() {
+		os.Remove(box.root + requires)
+		os.Remove(box.root + unit)
+		_, _ = box.exec("systemctl", "daemon-reload")
+		_, _ = box.exec("systemctl", "reset-failed")
+		_, _ = box.exec("systemctl", "start", systemd.BootCompleteTarget)
+	}
+	observe(t, "before any case")
+	// Nothing in this root pulls the target in: a boot that never asked
+	// for it is no failed boot ("" the first time; "reached" once an
+	// earlier run started it).
+	if got := bootComplete(t); got != "" && got != systemd.BootReached {
+		t.Fatalf("BootComplete before anything started %s = %q, want \"\" (never asked for) or reached", systemd.BootCompleteTarget, got)
+	}
+	t.Cleanup(clean)
+
+	for _, tc := range []struct {
+		name     string
+		exec     string   // the check unit's ExecStart; "" installs none
+		noBlock  bool     // start the target with --no-block
+		startErr bool     // systemctl start fails
+		want     []string // BootComplete's values in order, polled until the last
+	}{
+		{name: "healthy", want: []string{systemd.BootReached}},
+		{name: "a required unit fails", exec: "/bin/false", startErr: true, want: []string{systemd.BootFailed}},
+		{name: "a required unit is still running", exec: "/bin/sleep 5", noBlock: true, want: []string{systemd.BootPending, systemd.BootReached}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Cleanup(clean)
+			boxExec(t, "systemctl", "stop", systemd.BootCompleteTarget)
+			if tc.exec != "" {
+				content := "[Unit]\nDescription=boot check for reboot-manager tests\nBefore=" + systemd.BootCompleteTarget +
+					"\n[Service]\nType=oneshot\nExecStart=" + tc.exec + "\n[Install]\nRequiredBy=" + systemd.BootCompleteTarget + "\n"
+				if err := os.WriteFile(box.root+unit, []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.MkdirAll(filepath.Dir(box.root+requires), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(unit, box.root+requires); err != nil {
+					t.Fatal(err)
+				}
+			}
+			boxExec(t, "systemctl", "daemon-reload")
+			start := []string{"systemctl", "start", systemd.BootCompleteTarget}
+			if tc.noBlock {
+				start = append(start, "--no-block")
+			}
+			out, err := box.exec(start...)
+			if (err != nil) != tc.startErr {
+				t.Fatalf("%s: %v %s; want failure %v", strings.Join(start, " "), err, out, tc.startErr)
+			}
+			observe(t, "after start")
+			var seen []string
+			deadline := time.Now().Add(20 * time.Second)
+			for i, want := range tc.want {
+				for {
+					got := bootComplete(t)
+					if len(seen) == 0 || seen[len(seen)-1] != got {
+						seen = append(seen, got)
+						observe(t, "BootComplete = "+got)
+					}
+					if got == want {
+						break
+					}
+					// Only the last value may take a while to arrive.
+					if i < len(tc.want)-1 || time.Now().After(deadline) {
+						t.Fatalf("BootComplete went %q, want %q", seen, tc.want)
+					}
+					time.Sleep(100 * time.Millisecond)
 				}
 			}
 		})
