@@ -7,6 +7,7 @@ package reconcile
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -59,6 +60,8 @@ type Reconciler struct {
 	kick   chan struct{}
 	now    func() time.Time
 	warned map[warning]bool // holders already told they hold too long
+	// leading is set while Run runs: only the leader reports.
+	leading atomic.Bool
 }
 
 // warning identifies one holding of a slot.
@@ -86,6 +89,8 @@ func (r *Reconciler) Kick() {
 
 // Run makes passes until ctx ends.
 func (r *Reconciler) Run(ctx context.Context) {
+	r.leading.Store(true)
+	defer r.leading.Store(false)
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -97,6 +102,40 @@ func (r *Reconciler) Run(ctx context.Context) {
 		case <-r.kick:
 		}
 	}
+}
+
+// nodeRef is an Event's reference to a Node, with the node name as the
+// UID, as kubelet does.
+func nodeRef(name string) *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "Node", Name: name, UID: types.UID(name)}
+}
+
+// BootChanged reports a reboot that no slot covered: a Node (the same uid)
+// whose boot id changed while, in the caches, it held no slot and carried
+// no cycle's mark (zincati-update-now, a crash, a hand-made reboot). It
+// records a RebootWithoutLock Warning Event and counts it, and halts
+// nothing. It reads only caches: it is a display, never a decision. Only
+// the leader reports, so each reboot is told once.
+func (r *Reconciler) BootChanged(old, n *corev1.Node) {
+	before, after := old.Status.NodeInfo.BootID, n.Status.NodeInfo.BootID
+	if !r.leading.Load() || before == "" || after == before || old.UID != n.UID || n.Annotations[annotations.Holding] != "" {
+		return
+	}
+	all, err := r.lock.All()
+	if err != nil {
+		return
+	}
+	for _, holders := range all {
+		for _, h := range holders {
+			if h.Node == n.Name {
+				return
+			}
+		}
+	}
+	r.cfg.Metrics.rebootsWithoutLock.Inc()
+	r.log.Warn("node rebooted without a reboot slot", "node", n.Name, "boot_id", after)
+	r.events.Eventf(nodeRef(n.Name), corev1.EventTypeWarning, "RebootWithoutLock",
+		"node rebooted (boot id %s, was %s) without holding a reboot slot: zincati-update-now, a crash, or a reboot by hand; nothing was drained first", after, before)
 }
 
 // Pass makes one repair pass. Decisions seen in the caches are confirmed
@@ -211,13 +250,13 @@ func (r *Reconciler) warnOverdue(all map[string][]lock.Holder) {
 			if r.warned[w] {
 				continue
 			}
-			who := "id " + h.ID
+			who := h.Who() // never a host outside the cluster's id
 			ref := r.lockRef(group)
 			if h.Node != "" {
 				who = "node " + h.Node
-				ref = &corev1.ObjectReference{Kind: "Node", Name: h.Node, UID: types.UID(h.Node)}
+				ref = nodeRef(h.Node)
 			}
-			r.log.Warn("slot held for longer than the maximum", "node", h.Node, "group", group, "id", h.ID,
+			r.log.Warn("slot held for longer than the maximum", "node", h.Node, "group", group, "holder", h.Who(),
 				"held", held.Round(time.Second).String(), "max_hold", r.cfg.MaxHold.String())
 			r.events.Eventf(ref, corev1.EventTypeWarning, "LockHeldTooLong",
 				"%s has held a reboot slot in group %q for %s, over the maximum of %s; it is not released automatically: "+

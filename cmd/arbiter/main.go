@@ -265,7 +265,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueueDraining,
-		UpdateFunc: func(_, obj any) { enqueueDraining(obj) },
+		UpdateFunc: func(old, obj any) {
+			enqueueDraining(obj)
+			if o, ok := old.(*corev1.Node); ok {
+				if n, ok := obj.(*corev1.Node); ok {
+					reconciler.BootChanged(o, n)
+				}
+			}
+		},
 		DeleteFunc: func(any) { reconciler.Kick() },
 	}); err != nil {
 		return fmt.Errorf("watch nodes: %w", err)
