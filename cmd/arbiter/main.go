@@ -264,7 +264,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	}
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    enqueueDraining,
+		AddFunc: enqueueDraining,
 		UpdateFunc: func(old, obj any) {
 			enqueueDraining(obj)
 			if o, ok := old.(*corev1.Node); ok {
