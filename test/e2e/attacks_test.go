@@ -32,12 +32,19 @@ import (
 // user info).
 func credentialed(ctx context.Context, t *testing.T, a *arbiter, node simNode) *fleetlock.Client {
 	t.Helper()
+	return tokenClient(a, giveCredential(ctx, t, node))
+}
+
+// giveCredential publishes a new credential's hash on node and returns the
+// user info that carries it.
+func giveCredential(ctx context.Context, t *testing.T, node simNode) string {
+	t.Helper()
 	secret, err := credential.New()
 	must(t, err)
 	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.CredentialSHA256, credential.Hash(secret))
 	_, err = cluster.Client.CoreV1().Nodes().Patch(ctx, node.name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 	must(t, err)
-	return tokenClient(a, node.name+":"+secret)
+	return node.name + ":" + secret
 }
 
 // tokenClient sends userinfo (user:password, or a lone token) as Basic auth.

@@ -322,3 +322,58 @@ func dropinSecret(path string) string {
 	s, _ := dropin.Secret(filepath.Dir(path), filepath.Base(path))
 	return s
 }
+
+// TestUnprotectedNodes: a Node without a credential is served, but shown:
+// one NoNodeCredential Warning Event however often it asks, the CREDENTIAL
+// column of `status`, and rebootmanager_nodes_without_credential, which
+// drops once the node publishes a hash. With --require-node-credential it
+// is refused with 401, while a node with its credential is served.
+func TestUnprotectedNodes(t *testing.T) {
+	ctx := context.Background()
+	ns := cluster.Namespace(t)
+	nodes := newNodes(t, ns, 2, nil)
+	bare, protected := nodes[0], nodes[1]
+	a := startArbiter(t, ns)
+	userinfo := giveCredential(ctx, t, protected)
+	withCredential := tokenClient(a, userinfo)
+	for range 3 {
+		must(t, a.steadyState(bare.id, fleetlock.DefaultGroup))
+	}
+	must(t, withCredential.SteadyState(ctx, fleetlock.ClientParams{ID: protected.id, Group: fleetlock.DefaultGroup}))
+	harness.Eventually(t, 10*time.Second, "one NoNodeCredential Event", func() error {
+		if n := len(nodeEvents(ctx, t, bare.name, "NoNodeCredential")); n != 1 {
+			return fmt.Errorf("%d Events", n)
+		}
+		return nil
+	})
+	if n := len(nodeEvents(ctx, t, protected.name, "NoNodeCredential")); n != 0 {
+		t.Errorf("NoNodeCredential on the node with a credential")
+	}
+	r := cliStatus(t, ns)
+	if b, p := nodeIn(r, bare.name).Credential, nodeIn(r, protected.name).Credential; b != "no" || p != "yes" {
+		t.Errorf("status CREDENTIAL: %s %q, %s %q; want no and yes", bare.name, b, protected.name, p)
+	}
+	before, ok := metric(t, a, "rebootmanager_nodes_without_credential", nil)
+	if !ok || before < 1 {
+		t.Fatalf("rebootmanager_nodes_without_credential = %v (%v), want at least the bare node", before, ok)
+	}
+	credentialed(ctx, t, a, bare)
+	harness.Eventually(t, 10*time.Second, "the count drops", func() error {
+		if v, _ := metric(t, a, "rebootmanager_nodes_without_credential", nil); v != before-1 {
+			return fmt.Errorf("%v, want %v", v, before-1)
+		}
+		return nil
+	})
+
+	a.stop()
+	third := newNodes(t, ns, 1, nil)[0]
+	strict := startArbiter(t, ns, "--require-node-credential")
+	err := strict.preReboot(third.id, fleetlock.DefaultGroup)
+	if !fleetlock.IsKind(err, fleetlock.KindUnauthorized) || !strings.Contains(err.Error(), "--require-node-credential") {
+		t.Fatalf("pre-reboot of a node without a credential, required = %v, want 401 naming the flag", err)
+	}
+	if h := holders(t, ns, fleetlock.DefaultGroup); len(h) != 0 {
+		t.Fatalf("holders after the refusal: %+v", h)
+	}
+	must(t, tokenClient(strict, userinfo).PreReboot(ctx, fleetlock.ClientParams{ID: protected.id, Group: fleetlock.DefaultGroup}))
+}
