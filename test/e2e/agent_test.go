@@ -18,6 +18,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/agent"
 	"github.com/rebootmanager/reboot-manager/agent/dropin"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/harness"
 )
@@ -150,6 +151,57 @@ func TestAgent(t *testing.T) {
 	if got := r.count(); got != 3 {
 		t.Fatalf("restarts after an unrelated change = %d, want 3", got)
 	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+}
+
+// TestAgentFirstCredentialWaitsForCycle: an agent that first runs on a node
+// in a reboot cycle (its Zincati began the cycle without a credential)
+// publishes none until the cycle ends, so that Zincati is never refused
+// mid-cycle; then it publishes one and restarts Zincati at once.
+func TestAgentFirstCredentialWaitsForCycle(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ns := cluster.Namespace(t)
+	machineID := fixtures.RandomID()
+	node := newNodes(t, ns, 1, func(_ int, s *fixtures.NodeSpec) {
+		s.MachineID = machineID
+		s.Annotations = map[string]string{annotations.Status: annotations.StatusDraining, annotations.Holding: "default/x/2026-12-01T00:00:00Z"}
+	})[0]
+	root := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(root, "etc/zincati/config.d"), 0o755))
+	must(t, os.WriteFile(filepath.Join(root, "etc/machine-id"), []byte(machineID+"\n"), 0o444))
+	r := &restarts{}
+	a := agent.New(agent.Config{
+		NodeName: node.name, HostRoot: root, ConfigDir: "etc/zincati/config.d", FileName: dropin.DefaultName,
+		Unit: "zincati.service", BaseURL: "http://10.0.0.9:80/", ServiceNamespace: ns, ServiceName: "arbiter",
+	}, cluster.Client, r, slog.New(slog.DiscardHandler))
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	dir := filepath.Join(root, "etc/zincati/config.d")
+	harness.Eventually(t, 15*time.Second, "the drop-in without a credential", func() error {
+		if b, err := os.ReadFile(filepath.Join(dir, dropin.DefaultName)); err != nil || !strings.Contains(string(b), `base_url = "http://10.0.0.9:80/"`) {
+			return fmt.Errorf("drop-in: %s (%v)", b, err)
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	if n := getNode(t, node.name); n.Annotations[annotations.CredentialSHA256] != "" || r.count() != 0 {
+		t.Fatalf("mid-cycle: hash %q, restarts %d; want none and none", n.Annotations[annotations.CredentialSHA256], r.count())
+	}
+	_, err := cluster.Client.CoreV1().Nodes().Patch(ctx, node.name, types.MergePatchType,
+		[]byte(`{"metadata":{"annotations":{"rebootmanager/status":"Ready","rebootmanager/holding":null}}}`), metav1.PatchOptions{})
+	must(t, err)
+	harness.Eventually(t, 15*time.Second, "the credential after the cycle", func() error {
+		secret, _ := dropin.Secret(dir, dropin.DefaultName)
+		n := getNode(t, node.name)
+		if secret == "" || n.Annotations[annotations.CredentialSHA256] != credential.Hash(secret) || r.count() != 1 {
+			return fmt.Errorf("secret %v, hash %q, restarts %d", secret != "", n.Annotations[annotations.CredentialSHA256], r.count())
+		}
+		return nil
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("agent: %v", err)
