@@ -21,7 +21,7 @@ func TestRebootWithoutLock(t *testing.T) {
 	nodes := newNodes(t, ns, 2, nil)
 	rogue, approved := nodes[0], nodes[1]
 	a := startArbiter(t, ns)
-	startArbiter(t, ns) // a second replica: only the leader reports
+	b := startArbiter(t, ns) // a second replica: only the leader reports
 	approveUntil(t, a, approved, fleetlock.DefaultGroup, 30*time.Second)
 
 	must(t, fixtures.Reboot(ctx, cluster.Client, approved.name, 0))
@@ -35,6 +35,11 @@ func TestRebootWithoutLock(t *testing.T) {
 	time.Sleep(2 * time.Second) // a second report, or one for the approved node, would be here by now
 	if n := len(nodeEvents(ctx, t, rogue.name, "RebootWithoutLock")); n != 1 {
 		t.Errorf("%d RebootWithoutLock Events on %s, want exactly 1 (the leader's)", n, rogue.name)
+	}
+	va, _ := metric(t, a, "rebootmanager_reboots_without_lock_total", nil)
+	vb, _ := metric(t, b, "rebootmanager_reboots_without_lock_total", nil)
+	if va+vb != 1 {
+		t.Errorf("rebootmanager_reboots_without_lock_total = %v + %v across the replicas, want 1", va, vb)
 	}
 	if n := len(nodeEvents(ctx, t, approved.name, "RebootWithoutLock")); n != 0 {
 		t.Errorf("RebootWithoutLock on %s, which rebooted in its approved cycle", approved.name)
