@@ -517,6 +517,12 @@ func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock
 	if err != nil {
 		return c.failed(ctx, log, "record the approval", err)
 	}
+	if mine {
+		// The approving replica is the one place that saw the node empty
+		// on a consistent read, once per cycle: the drainer may never see
+		// it, when a waiting pre-reboot is approved between its passes.
+		c.nodes.Event(n, corev1.EventTypeNormal, "Drained", "all evictable pods are gone")
+	}
 	c.mirrorApproval(ctx, log, rec)
 	if mine {
 		c.metrics.drainSeconds.WithLabelValues(p.Group).Observe(now.Sub(h.Since).Seconds())

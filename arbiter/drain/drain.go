@@ -309,9 +309,10 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 		return finished, err
 	}
 	if pending.Done() {
+		// The Drained Event comes from the approval, which confirms the
+		// node empty once per cycle; a pass may never see it empty.
 		if d.report(name, "drained") {
 			log.Info("node drained")
-			d.nodes.Event(node, corev1.EventTypeNormal, "Drained", "all evictable pods are gone")
 		}
 		return finished, d.nodes.SetDrainMessage(ctx, name, "")
 	}
