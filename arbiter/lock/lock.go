@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	coordinationclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	coordinationlisters "k8s.io/client-go/listers/coordination/v1"
 
@@ -99,7 +100,8 @@ func (s *Semaphore) Get(ctx context.Context, group string) (Object, error) {
 
 // Acquire takes a slot in group for h, or confirms that h.ID already holds
 // one (the lock is recursive: asking again changes nothing). A new holder
-// must first be admitted: admit, when not nil, runs at most once, and only
+// is refused with a *HaltedError while the group is halted; it must then be
+// admitted: admit, when not nil, runs at most once, and only
 // when h.ID holds nothing; its error is returned as is. It is then denied,
 // without error, when the group already has lim.Slots holders, or when the
 // last grant is more recent than lim.MinGap; holders beyond a lowered slot
@@ -114,6 +116,9 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 		if mine, ok := o.Holder(h.ID); ok {
 			res = Result{Granted: true, Holder: mine, Holders: o.Holders}
 			return false, nil
+		}
+		if o.Halt != nil {
+			return false, &HaltedError{Group: group, Halt: *o.Halt}
 		}
 		if !admitted {
 			if err := admit(); err != nil {
@@ -175,6 +180,104 @@ func (s *Semaphore) Advance(ctx context.Context, group, id string, since time.Ti
 	return out, nil
 }
 
+// Approve records the approval of the holding that started at since of id
+// in group, by compare-and-swap, unless it was approved already. It fails
+// with ErrNotHolder when that holding is gone, and with a *HaltedError when
+// the group is halted and the holding not yet approved. It returns the
+// record as written and whether this call approved it.
+func (s *Semaphore) Approve(ctx context.Context, group, id string, since time.Time, nodeUID types.UID, a Approval) (Holder, bool, error) {
+	var out Holder
+	var mine bool
+	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+		h, ok := o.Holder(id)
+		if !ok || !h.Since.Equal(since) {
+			return false, ErrNotHolder
+		}
+		out, mine = h, false
+		if h.Stage() == PhaseApproved {
+			return false, nil // approved meanwhile through another replica
+		}
+		if o.Halt != nil {
+			return false, &HaltedError{Group: group, Halt: *o.Halt}
+		}
+		h.Phase, h.NodeUID, h.Approval = PhaseApproved, nodeUID, &a
+		o.put(h)
+		out, mine = h, true
+		return true, nil
+	})
+	if err != nil {
+		return Holder{}, false, fmt.Errorf("record the approval of %s in group %q: %w", id, group, err)
+	}
+	return out, mine, nil
+}
+
+// SetHalt halts group with h, by compare-and-swap, unless it is halted
+// already. It returns the group's halt after the call and whether this call
+// set it.
+func (s *Semaphore) SetHalt(ctx context.Context, group string, h Halt) (Halt, bool, error) {
+	var out Halt
+	var set bool
+	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+		if o.Halt != nil {
+			out, set = *o.Halt, false
+			return false, nil
+		}
+		h.At = h.At.UTC()
+		o.Halt, out, set = &h, h, true
+		return true, nil
+	})
+	if err != nil {
+		return Halt{}, false, fmt.Errorf("halt group %q: %w", group, err)
+	}
+	return out, set, nil
+}
+
+// Fail records, in one compare-and-swap, that the holding of id that
+// started at since failed with h.Reason and, when halt is true, halts group
+// with h unless it is halted already. A failure already recorded for the
+// holding changes nothing, so a group resumed by a person is not halted
+// again for it. It reports whether the failure was new, and whether this
+// call halted the group.
+func (s *Semaphore) Fail(ctx context.Context, group, id string, since time.Time, h Halt, halt bool) (recorded, halted bool, err error) {
+	_, err = s.Update(ctx, group, func(o *Object) (bool, error) {
+		recorded, halted = false, false
+		x, ok := o.Holder(id)
+		if !ok || !x.Since.Equal(since) {
+			return false, ErrNotHolder
+		}
+		if x.Failed == h.Reason {
+			return false, nil
+		}
+		x.Failed = h.Reason
+		o.put(x)
+		recorded = true
+		if halt && o.Halt == nil {
+			h.At = h.At.UTC()
+			o.Halt, halted = &h, true
+		}
+		return true, nil
+	})
+	if err != nil {
+		return false, false, fmt.Errorf("record the failure of %s in group %q: %w", id, group, err)
+	}
+	return recorded, halted, nil
+}
+
+// Resume lifts group's halt, by compare-and-swap. It returns the halt it
+// lifted, or nil when the group was not halted.
+func (s *Semaphore) Resume(ctx context.Context, group string) (*Halt, error) {
+	var lifted *Halt
+	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+		lifted = o.Halt
+		o.Halt = nil
+		return lifted != nil, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("resume group %q: %w", group, err)
+	}
+	return lifted, nil
+}
+
 func equalHolders(a, b Holder) bool {
 	ra, _ := json.Marshal(a)
 	rb, _ := json.Marshal(b)
@@ -224,6 +327,22 @@ func (s *Semaphore) All() (map[string][]Holder, error) {
 		return nil, fmt.Errorf("list lock objects: %w", err)
 	}
 	return byGroup(leases)
+}
+
+// Halts returns every halted group's halt from the cache: for displays
+// and refusals only.
+func (s *Semaphore) Halts() (map[string]Halt, error) {
+	leases, err := s.lister.Leases(s.namespace).List(labels.SelectorFromSet(labels.Set{Label: "true"}))
+	if err != nil {
+		return nil, fmt.Errorf("list lock objects: %w", err)
+	}
+	out := map[string]Halt{}
+	for _, l := range leases {
+		if o, err := decode(l); err == nil && o.Halt != nil {
+			out[o.Group] = *o.Halt
+		}
+	}
+	return out, nil
 }
 
 // Fresh returns every group's holders from a consistent list of the lock

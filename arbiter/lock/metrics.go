@@ -15,6 +15,7 @@ type Collector struct {
 	total   *prometheus.Desc
 	age     *prometheus.Desc
 	overdue *prometheus.Desc
+	halted  *prometheus.Desc
 }
 
 // NewCollector returns a Collector over s; slots gives a group's current
@@ -25,6 +26,7 @@ func NewCollector(s *Semaphore, slots func(group string) int, maxHold time.Durat
 		sem:     s,
 		slots:   slots,
 		maxHold: maxHold,
+		halted:  prometheus.NewDesc("rebootmanager_group_halted", "1 for each halted group, with the halt's reason.", []string{"group", "reason"}, nil),
 		overdue: prometheus.NewDesc("rebootmanager_slots_overdue", "Slots held for longer than --max-hold, by group.", []string{"group"}, nil),
 		held:    prometheus.NewDesc("rebootmanager_slots_held", "Reboot slots held, by group.", []string{"group"}, nil),
 		total:   prometheus.NewDesc("rebootmanager_slots", "Reboot slots configured, by group with a lock object.", []string{"group"}, nil),
@@ -38,6 +40,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.total
 	ch <- c.age
 	ch <- c.overdue
+	ch <- c.halted
 }
 
 // Collect implements prometheus.Collector.
@@ -46,6 +49,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.held, err)
 		return
+	}
+	halts, err := c.sem.Halts()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.halted, err)
+		return
+	}
+	for group, h := range halts {
+		ch <- prometheus.MustNewConstMetric(c.halted, prometheus.GaugeValue, 1, group, string(h.Reason))
 	}
 	now := c.sem.now()
 	for group, holders := range all {

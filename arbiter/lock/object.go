@@ -28,6 +28,11 @@ import (
 //     changes only that list, so an id is a holder exactly when the list
 //     names it, and its own annotation adds the details.
 //
+// A halted group also carries rebootmanager/halt. An arbiter older than the
+// halt keeps that annotation when it rewrites the object, but does not
+// enforce it: in a rolling upgrade, the old replicas may grant a slot in a
+// halted group until they are replaced.
+//
 // Code never rewrites an object of a newer schema than its own: it fails
 // closed with ErrNewerSchema.
 const Schema = 2
@@ -65,6 +70,63 @@ type Holder struct {
 	Phase Phase `json:"phase,omitempty"`
 	// Approval is what the node was when its reboot was approved.
 	Approval *Approval `json:"approval,omitempty"`
+	// SteadyStateAt is when the holder's steady-state arrived after the
+	// approval: the slot is released only once its node is back too.
+	SteadyStateAt *time.Time `json:"steadyStateAt,omitempty"`
+	// BackAt is when the node was first seen back after the reboot, for the
+	// group's settle time; cleared if it stops being Ready meanwhile.
+	BackAt *time.Time `json:"backAt,omitempty"`
+	// Failed is how this holding's cycle failed, once that was recorded
+	// (and its group halted): a resumed group is not halted again for it.
+	Failed HaltReason `json:"failed,omitempty"`
+}
+
+// HaltReason says why a group is halted.
+type HaltReason string
+
+// The halt reasons.
+const (
+	// HaltBootFailed: the agent reported boot-complete.target failed.
+	HaltBootFailed HaltReason = "boot_failed"
+	// HaltUpdateNotApplied: the node came back on the OS version it had.
+	HaltUpdateNotApplied HaltReason = "update_not_applied"
+	// HaltNotBack: the node did not come back within the maximum downtime.
+	HaltNotBack HaltReason = "not_back"
+	// HaltOperator: a person paused the group.
+	HaltOperator HaltReason = "operator"
+)
+
+// Halt records why a group is halted. While it is, no new slot is granted
+// and no reboot is approved; holders already approved still finish.
+type Halt struct {
+	// Reason is the kind of failure.
+	Reason HaltReason `json:"reason"`
+	// Node is the node whose cycle failed, if any.
+	Node string `json:"node,omitempty"`
+	// Message says what happened, for people.
+	Message string `json:"message"`
+	// At is when the group was halted.
+	At time.Time `json:"at"`
+}
+
+// String is the halt in one line.
+func (h Halt) String() string {
+	s := string(h.Reason)
+	if h.Node != "" {
+		s += " (node " + h.Node + ")"
+	}
+	return s + ": " + h.Message
+}
+
+// HaltedError refuses a grant or an approval in a halted group.
+type HaltedError struct {
+	Group string
+	Halt  Halt
+}
+
+func (e *HaltedError) Error() string {
+	return fmt.Sprintf("group %q is halted since %s: %s; lift it with `kubectl reboot-manager resume %s`",
+		e.Group, e.Halt.At.UTC().Format(time.RFC3339), e.Halt, e.Group)
 }
 
 // Approval records the node as it was when its reboot was approved, so the
@@ -120,6 +182,8 @@ type Object struct {
 	Holders []Holder
 	// LastGrant is when a slot was last granted.
 	LastGrant time.Time
+	// Halt, when not nil, is why the group is halted.
+	Halt *Halt
 	// ResourceVersion is the version read; a write is conditional on it.
 	ResourceVersion string
 }
@@ -182,6 +246,9 @@ func Decode(l *coordinationv1.Lease) ([]Holder, error) {
 	return o.Holders, nil
 }
 
+// DecodeObject returns the whole lock object: holders, last grant and halt.
+func DecodeObject(l *coordinationv1.Lease) (Object, error) { return decode(l) }
+
 func decode(l *coordinationv1.Lease) (Object, error) {
 	o := Object{Group: l.Annotations[annotations.LockGroup], ResourceVersion: l.ResourceVersion}
 	if v := l.Annotations[annotations.LockSchema]; v != "" {
@@ -194,6 +261,13 @@ func decode(l *coordinationv1.Lease) (Object, error) {
 		}
 	}
 	o.LastGrant, _ = time.Parse(time.RFC3339Nano, l.Annotations[annotations.LockLastGrant])
+	if raw := l.Annotations[annotations.LockHalt]; raw != "" {
+		o.Halt = &Halt{}
+		if err := json.Unmarshal([]byte(raw), o.Halt); err != nil {
+			// Unreadable is still halted: fail closed, and say so.
+			o.Halt = &Halt{Reason: HaltOperator, Message: fmt.Sprintf("unreadable halt record %q: %v", raw, err)}
+		}
+	}
 	var members []legacyHolder
 	if raw := l.Annotations[annotations.LockHolders]; raw != "" {
 		if err := json.Unmarshal([]byte(raw), &members); err != nil {
@@ -252,6 +326,14 @@ func encode(l *coordinationv1.Lease, o Object) error {
 	l.Annotations[annotations.LockHolders] = string(raw)
 	if !o.LastGrant.IsZero() {
 		l.Annotations[annotations.LockLastGrant] = o.LastGrant.UTC().Format(time.RFC3339Nano)
+	}
+	delete(l.Annotations, annotations.LockHalt)
+	if o.Halt != nil {
+		raw, err := json.Marshal(o.Halt)
+		if err != nil {
+			return fmt.Errorf("encode the halt: %w", err)
+		}
+		l.Annotations[annotations.LockHalt] = string(raw)
 	}
 	l.Spec.HolderIdentity = nil
 	if len(names) > 0 {

@@ -2,6 +2,7 @@ package lock
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,5 +73,33 @@ func TestDecodeSchemas(t *testing.T) {
 	}
 	if _, ok := written.Annotations[HolderKey("a")]; ok {
 		t.Error("a released holder's record stayed")
+	}
+}
+
+// TestHaltRecord: a halt survives a round trip, is removed when lifted,
+// and an unreadable one still halts the group.
+func TestHaltRecord(t *testing.T) {
+	at := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	h := &Halt{Reason: HaltBootFailed, Node: "n1", Message: "boot-complete.target failed", At: at}
+	l := lease(map[string]string{})
+	if err := encode(l, Object{Group: "g", Halt: h}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := DecodeObject(l)
+	if err != nil || o.Halt == nil || *o.Halt != *h {
+		t.Fatalf("decoded halt = %+v (%v), want %+v", o.Halt, err, h)
+	}
+	if err := encode(l, Object{Group: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Annotations[annotations.LockHalt]; ok {
+		t.Error("a lifted halt stayed on the object")
+	}
+	o, err = DecodeObject(lease(map[string]string{annotations.LockHalt: "{not json"}))
+	if err != nil || o.Halt == nil {
+		t.Errorf("an unreadable halt decoded to %+v (%v), want a halt: fail closed", o.Halt, err)
+	}
+	if want := `group "g" is halted since 2026-12-02T10:00:00Z: boot_failed (node n1): boot-complete.target failed`; !strings.HasPrefix((&HaltedError{Group: "g", Halt: *h}).Error(), want) {
+		t.Errorf("HaltedError = %q, want it to start %q", (&HaltedError{Group: "g", Halt: *h}).Error(), want)
 	}
 }

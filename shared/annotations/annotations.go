@@ -71,6 +71,9 @@ const (
 	// LockLastGrant is when a slot was last granted (RFC 3339 with
 	// nanoseconds), for the group's minimum gap.
 	LockLastGrant = "rebootmanager/last-grant"
+	// LockHalt, when set, holds the JSON record of why the group is halted:
+	// no slot is granted and no reboot approved until it is lifted.
+	LockHalt = "rebootmanager/halt"
 )
 
 // CordonOwner is the value of CordonedBy.
@@ -81,4 +84,18 @@ const (
 	StatusReady     = "Ready"
 	StatusDraining  = "Draining"
 	StatusRebooting = "Rebooting"
+	// StatusReturning: the node booted again, but is not yet Ready, or
+	// neither Zincati nor the agent has said the boot completed.
+	StatusReturning = "Returning"
+	// StatusSettling: the node is back; its group's settle time runs.
+	StatusSettling = "Settling"
+	// StatusHalted: the node's cycle failed and halted its group.
+	StatusHalted = "Halted"
+)
+
+// Values of BootComplete.
+const (
+	BootReached = "reached"
+	BootPending = "pending"
+	BootFailed  = "failed"
 )
