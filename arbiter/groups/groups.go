@@ -33,6 +33,12 @@ type Settings struct {
 	MinGap metav1.Duration `json:"minGap,omitempty"`
 	// Blockers are pod conditions that hold back any new slot.
 	Blockers []Blocker `json:"blockers,omitempty"`
+	// Settle is how long a rebooted node must stay Ready, once back, before
+	// its slot passes on.
+	Settle metav1.Duration `json:"settle,omitempty"`
+	// HaltOnFailure, true unless set false, halts the group when a node's
+	// boot fails, its update is not applied, or it does not come back.
+	HaltOnFailure *bool `json:"haltOnFailure,omitempty"`
 
 	windows []window // Windows, parsed by Parse
 }
@@ -149,6 +155,9 @@ func (s *Settings) prepare() error {
 	if s.MinGap.Duration < 0 {
 		return fmt.Errorf("minGap is %s, want 0 or more", s.MinGap.Duration)
 	}
+	if s.Settle.Duration < 0 {
+		return fmt.Errorf("settle is %s, want 0 or more", s.Settle.Duration)
+	}
 	s.windows = make([]window, len(s.Windows))
 	for i, w := range s.Windows {
 		p, err := w.parse()
@@ -167,6 +176,10 @@ func (s *Settings) prepare() error {
 	}
 	return nil
 }
+
+// HaltsOnFailure reports whether a failed cycle halts the group: true
+// unless haltOnFailure is set false.
+func (s Settings) HaltsOnFailure() bool { return s.HaltOnFailure == nil || *s.HaltOnFailure }
 
 // For returns a group's settings.
 func (c Config) For(group string) Settings {

@@ -86,7 +86,7 @@ defaults:
   windows: [{days: [Sat, Sun], start: "22:00", end: "04:00", timeZone: Europe/Berlin}]
 groups:
   workers: {slots: 3}
-  db: {paused: true, windows: []}
+  db: {paused: true, windows: [], settle: 2m, haltOnFailure: false}
   ceph: {blockers: [{namespace: rook-ceph, selector: "app=osd"}, {selector: "app=etcd", scope: node}]}
 `
 	cfg, err := Parse(&corev1.ConfigMap{Data: map[string]string{ConfigKey: doc}})
@@ -97,8 +97,11 @@ groups:
 	if w.Slots != 3 || w.MinGap.Duration != 10*time.Minute || len(w.Windows) != 1 {
 		t.Errorf("workers = %+v, want 3 slots over the defaults' gap and window", w)
 	}
-	if db := cfg.For("db"); !db.Paused || len(db.Windows) != 0 || db.Slots != 1 {
-		t.Errorf("db = %+v, want paused, no windows, the default slot", db)
+	if db := cfg.For("db"); !db.Paused || len(db.Windows) != 0 || db.Slots != 1 || db.Settle.Duration != 2*time.Minute || db.HaltsOnFailure() {
+		t.Errorf("db = %+v, want paused, no windows, the default slot, a 2m settle, no halts", db)
+	}
+	if w.Settle.Duration != 0 || !w.HaltsOnFailure() {
+		t.Errorf("workers = %+v, want no settle time and halts on failure by default", w)
 	}
 	if c := cfg.For("ceph"); len(c.Blockers) != 2 || len(cfg.Defaults.Blockers) != 0 {
 		t.Errorf("ceph blockers = %+v, defaults = %+v", c.Blockers, cfg.Defaults.Blockers)
@@ -149,6 +152,8 @@ func TestParseRejects(t *testing.T) {
 		`groups: {g: {blockers: [{selector: "a in ("}]}}`,
 		`groups: {g: {blockers: [{selector: "a=b", scope: rack}]}}`,
 		`groups: {g: {slots: -2}}`,
+		`groups: {g: {settle: -1s}}`,
+		`groups: {g: {haltOnFailure: maybe}}`,
 		`pause: true`,
 	} {
 		if _, err := Parse(&corev1.ConfigMap{Data: map[string]string{ConfigKey: doc}}); err == nil {
