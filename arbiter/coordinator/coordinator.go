@@ -16,6 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
@@ -52,6 +53,7 @@ type Lock interface {
 	Acquire(ctx context.Context, group string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error)
 	Get(ctx context.Context, group string) (lock.Object, error)
 	Advance(ctx context.Context, group, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error)
+	Approve(ctx context.Context, group, id string, since time.Time, nodeUID types.UID, a lock.Approval) (lock.Holder, bool, error)
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
 	// Fresh lists every group's lock object from the API server.
 	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
@@ -335,6 +337,7 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			}
 			var err error
 			res, err = c.lock.Acquire(ctx, p.Group, h, lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}, admit)
+			err = haltedKind(err)
 			var fe *fleetlock.Error
 			switch {
 			case errors.As(err, &fe) && (fe.Kind == fleetlock.KindUnauthorized || fe.Kind == fleetlock.KindWrongGroup):
@@ -436,11 +439,15 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 				return c.failed(ctx, log, "list the node's pods", err)
 			}
 		}
-		st := decide(h, identified, cordoned, pending)
+		rebooted := h.Approval != nil && n.Status.NodeInfo.BootID != h.Approval.BootID
+		st := decide(h, identified, rebooted, cordoned, pending)
 		log.Debug("pre-reboot step", "step", st.String(), "phase", h.Stage(), "cordoned", cordoned, "pods", len(pending.Pods))
 		switch st {
 		case stepRefuse:
 			return c.ambiguous(log, p.ID, fmt.Sprintf("node %s, whose slot it holds, no longer carries it (ids %v)", h.Node, ids))
+		case stepReturned:
+			return fleetlock.Errorf(fleetlock.KindLockHeld,
+				"node %s rebooted since its reboot was approved; its slot passes on once it is back, and a new reboot needs a new slot", h.Node)
 		case stepConfirm:
 			// Recursive: approved before, and the node is still cordoned and
 			// empty. Read the lock again after the node and its pods: a
@@ -504,16 +511,12 @@ func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock
 		return c.ambiguous(log, p.ID, "it matches the Nodes "+strings.Join(nodeNames(found), ", "))
 	}
 	now := c.now()
-	mine := false
-	rec, err := c.advance(ctx, p, h, func(r *lock.Holder) {
-		if r.Stage() == lock.PhaseApproved {
-			return // approved meanwhile through another replica
-		}
-		mine = true
-		r.Phase, r.NodeUID = lock.PhaseApproved, n.UID
-		r.Approval = &lock.Approval{At: now.UTC(), BootID: n.Status.NodeInfo.BootID, OSImage: n.Status.NodeInfo.OSImage,
-			OSVersion: n.Annotations[annotations.OSVersion]}
-	})
+	rec, mine, err := c.lock.Approve(ctx, p.Group, h.ID, h.Since, n.UID, lock.Approval{At: now.UTC(),
+		BootID: n.Status.NodeInfo.BootID, OSImage: n.Status.NodeInfo.OSImage, OSVersion: n.Annotations[annotations.OSVersion]})
+	if err := haltedKind(err); fleetlock.IsKind(err, fleetlock.KindHalted) {
+		log.Info("reboot not approved: the group is halted")
+		return err
+	}
 	if err != nil {
 		return c.failed(ctx, log, "record the approval", err)
 	}
@@ -529,6 +532,15 @@ func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock
 		log.Info("reboot approved")
 	}
 	return nil
+}
+
+// haltedKind turns a halted group's refusal into its FleetLock reply.
+func haltedKind(err error) error {
+	var he *lock.HaltedError
+	if errors.As(err, &he) {
+		return fleetlock.Errorf(fleetlock.KindHalted, "%s", he.Error())
+	}
+	return err
 }
 
 // mirrorApproval shows an approval on the node, for kubectl; best effort.
@@ -596,9 +608,12 @@ func (c *Coordinator) WakeAll() {
 
 // SteadyState answers a steady-state: it answers nil (200) once every slot
 // the caller holds is released and its node put back in service (uncordoned
-// if we cordoned it, status Ready); if either fails it answers 503, and
-// Zincati's retry finishes the job. It acts on the node's own cycle,
-// whatever group the request names.
+// if we cordoned it, status Ready), or, for a holder approved for a reboot
+// on a Node, once the steady-state is recorded in its lock object: that
+// slot is released by the leader when a fresh read shows the node back
+// (package finish). If a write fails it answers 503, and Zincati's retry
+// finishes the job. It acts on the node's own cycle, whatever group the
+// request names.
 //
 // Inputs and their freshness: the Nodes of the id (cache) name who asks,
 // and their credential can only refuse; every lock object is listed fresh
@@ -658,12 +673,39 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		}
 	}
 
+	// A holder approved for a reboot on a Node ends its cycle only once a
+	// fresh read shows that node back (see package finish): the
+	// steady-state is recorded for that decision, and releases nothing.
+	returning := func(h lock.Holder) bool { return h.Node != "" && h.Stage() == lock.PhaseApproved }
+	held := map[string]bool{} // nodes whose approved slot stays held
+	for group, holders := range all {
+		for _, h := range holders {
+			if !match(h) || !returning(h) {
+				continue
+			}
+			held[h.Node] = true
+			if h.SteadyStateAt != nil && (h.Approval == nil || !h.SteadyStateAt.Before(h.Approval.At)) {
+				continue
+			}
+			now := c.now().UTC()
+			_, err := c.lock.Advance(ctx, group, h.ID, h.Since, func(r *lock.Holder) {
+				if r.Stage() == lock.PhaseApproved {
+					r.SteadyStateAt = &now
+				}
+			})
+			if err != nil && !errors.Is(err, lock.ErrNotHolder) {
+				return failure(log.With("lock_group", group), "record the steady-state", err)
+			}
+			log.Info("steady-state recorded; the slot is released once the node is back", "lock_group", group, "holder_node", h.Node)
+		}
+	}
+	release := func(h lock.Holder) bool { return match(h) && !returning(h) }
 	finish := map[string]string{} // node → the holding whose cycle ends
 	for group, holders := range all {
-		if !slices.ContainsFunc(holders, match) {
+		if !slices.ContainsFunc(holders, release) {
 			continue
 		}
-		gone, err := c.lock.ReleaseMatching(ctx, group, match)
+		gone, err := c.lock.ReleaseMatching(ctx, group, release)
 		if err != nil {
 			return failure(log.With("lock_group", group), "release the reboot slot", err)
 		}
@@ -674,7 +716,7 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 			}
 		}
 	}
-	if node != nil && nodes.InCycle(node) {
+	if node != nil && nodes.InCycle(node) && !held[node.Name] {
 		if _, ok := finish[node.Name]; !ok {
 			// No slot held, fresh: a leftover of a cycle, ended unless a new
 			// one has started since the cache saw it.

@@ -147,10 +147,12 @@ func TestDecide(t *testing.T) {
 	pendings := map[string]drain.Pending{
 		"empty": {}, "pods": onePod, "unevictable": {Problems: []string{"no controller"}},
 	}
-	want := func(p lock.Phase, identified, cordoned bool, pods string) step {
+	want := func(p lock.Phase, identified, rebooted, cordoned bool, pods string) step {
 		switch {
 		case !identified:
 			return stepRefuse
+		case rebooted && p == lock.PhaseApproved:
+			return stepReturned
 		case !cordoned:
 			return stepCordon
 		case pods != "empty" && p == lock.PhaseDraining:
@@ -165,25 +167,29 @@ func TestDecide(t *testing.T) {
 	approvals := 0
 	for _, p := range phases {
 		for _, identified := range []bool{false, true} {
-			for _, cordoned := range []bool{false, true} {
-				for name, pending := range pendings {
-					got := decide(lock.Holder{Phase: p}, identified, cordoned, pending)
-					if w := want(p, identified, cordoned, name); got != w {
-						t.Errorf("decide(phase %q, identified %v, cordoned %v, %s) = %s, want %s", p, identified, cordoned, name, got, w)
-					}
-					if got == stepApprove || got == stepConfirm {
-						approvals++
-						if !identified || !cordoned || !pending.Done() {
-							t.Errorf("decide(phase %q, identified %v, cordoned %v, %s) = %s: a 200 for a node not identified, cordoned and empty",
-								p, identified, cordoned, name, got)
+			for _, rebooted := range []bool{false, true} {
+				for _, cordoned := range []bool{false, true} {
+					for name, pending := range pendings {
+						got := decide(lock.Holder{Phase: p}, identified, rebooted, cordoned, pending)
+						if w := want(p, identified, rebooted, cordoned, name); got != w {
+							t.Errorf("decide(phase %q, identified %v, rebooted %v, cordoned %v, %s) = %s, want %s", p, identified, rebooted, cordoned, name, got, w)
+						}
+						if got == stepApprove || got == stepConfirm {
+							approvals++
+							if !identified || !cordoned || !pending.Done() || (rebooted && p == lock.PhaseApproved) {
+								t.Errorf("decide(phase %q, identified %v, rebooted %v, cordoned %v, %s) = %s: a 200 for a node not identified, cordoned and empty, or a second one after its reboot",
+									p, identified, rebooted, cordoned, name, got)
+							}
 						}
 					}
 				}
 			}
 		}
 	}
-	if approvals != len(phases) {
-		t.Errorf("%d combinations answer 200, want %d (identified, cordoned and empty: one per phase)", approvals, len(phases))
+	// Identified, cordoned and empty: one per phase and rebooted value,
+	// less the approved holder that rebooted since.
+	if want := 2*len(phases) - 1; approvals != want {
+		t.Errorf("%d combinations answer 200, want %d", approvals, want)
 	}
 }
 
@@ -222,6 +228,14 @@ func TestPreReboot(t *testing.T) {
 			fleetlock.KindInternal, "apiserver down", "Acquire Fresh List Check", ""},
 		{"holder: gate skipped on the fresh lock", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, gateErr: errors.New("x")}, false,
 			"", "", "Acquire Fresh Pending LookupFresh Advance(Approved) Event(Drained) MarkRebooting", lock.PhaseApproved},
+		{"halted group, new holder: refused before the gate", &fake{found: []*corev1.Node{n1}, memLock: memLock{halt: &lock.Halt{Reason: lock.HaltBootFailed, Node: "n9", Message: "boot failed"}}}, false,
+			fleetlock.KindHalted, "boot_failed (node n9)", "Acquire SetWaiting(" + (&lock.HaltedError{Group: "g", Halt: lock.Halt{Reason: lock.HaltBootFailed, Node: "n9", Message: "boot failed"}}).Error() + ")", ""},
+		{"halted group, draining holder, empty node: no approval", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true,
+			memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining), halt: &lock.Halt{Reason: lock.HaltOperator, Message: "paused"}}}, false,
+			fleetlock.KindHalted, "operator", "Acquire Fresh Pending LookupFresh", lock.PhaseDraining},
+		{"halted group, already approved: the repeat 200 stands", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true,
+			memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), halt: &lock.Halt{Reason: lock.HaltOperator, Message: "paused"}}}, false,
+			"", "", "Acquire Fresh Pending MarkRebooting", lock.PhaseApproved},
 		{"lock contention fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrContention}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
 		{"newer lock schema fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrNewerSchema}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
 		{"lock error", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: errors.New("boom")}}, false, fleetlock.KindInternal, "boom", "Acquire", ""},
@@ -318,9 +332,11 @@ func TestSteadyState(t *testing.T) {
 		{"waiting non-holder: the mark goes", &fake{found: []*corev1.Node{waiting()}}, "", "List SetWaiting()", 0},
 		{"unknown non-holder", &fake{}, "", "List", 0},
 		{"holder outside the cluster, no token configured: kept", &fake{memLock: memLock{holders: holding("id", "", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List", 1},
-		{"holder releases then finishes", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, "", "List Fresh ReleaseMatching Finish(n1)", 0},
-		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "List Fresh ReleaseMatching Finish(n1)", 0},
-		{"ambiguous id: only the id's own holding", &fake{found: []*corev1.Node{n1, node("n2", "")}, memLock: memLock{holders: append(holding("id", "n2", lock.PhaseApproved), holding("x", "n1", lock.PhaseDraining)...)}},
+		{"approved holder: the steady-state is recorded, the slot kept for the node's return", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}},
+			"", "List Fresh Advance(SteadyState)", 1},
+		{"draining holder (Zincati gave up the reboot): released, then finished", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, "", "List Fresh ReleaseMatching Finish(n1)", 0},
+		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "List Fresh Advance(SteadyState)", 1},
+		{"ambiguous id: only the id's own holding", &fake{found: []*corev1.Node{n1, node("n2", "")}, memLock: memLock{holders: append(holding("id", "n2", lock.PhaseDraining), holding("x", "n1", lock.PhaseDraining)...)}},
 			"", "List Fresh ReleaseMatching Finish(n2)", 1},
 		{"node mirror in cycle, nothing held: finished", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}}, "", "List Fresh Finish(n1)", 0},
 		{"lock list fails: not 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), err: errors.New("down")}}, fleetlock.KindInternal, "List", 1},
@@ -328,7 +344,7 @@ func TestSteadyState(t *testing.T) {
 			memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List Fresh", 1},
 		{"ambiguous id: the holder node's fresh credential decides", &fake{found: []*corev1.Node{n1, node("n2", "")}, freshHash: credential.Hash("secret"),
 			memLock: memLock{holders: holding("id", "n2", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List Fresh", 1},
-		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "List Fresh ReleaseMatching Finish(n1)", 0},
+		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "List Fresh ReleaseMatching Finish(n1)", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,10 +23,13 @@ const (
 	// stepRefuse: the node no longer carries the id that asks: this is not
 	// the host the slot was taken for.
 	stepRefuse
+	// stepReturned: the approved reboot has happened; its cycle ends when
+	// the node is back (package finish), never with another 200.
+	stepReturned
 )
 
 func (s step) String() string {
-	return [...]string{"cordon", "wait", "approve", "confirm", "refuse"}[s]
+	return [...]string{"cordon", "wait", "approve", "confirm", "refuse", "returned"}[s]
 }
 
 // decide is the pre-reboot decision for a node whose id holds a slot. It is
@@ -37,17 +40,23 @@ func (s step) String() string {
 //   - identified, whether that node, in a consistent GET, still carries the
 //     id that asks (its agent-published id, or the id its machine id
 //     derives to): the cache that named it may lag;
+//   - rebooted, whether that GET shows another boot id than the one the
+//     approval recorded (false before an approval);
 //   - cordoned, the node's spec.unschedulable from the same GET;
 //   - pending, the node's pods from a consistent LIST made after that GET.
 //
 // It never reads a cache or a node annotation: those lag, and a 200 lets
 // Zincati reboot. A holder new in this request (PhaseTaken) is always
 // cordoned before it can be approved, unless the fresh GET shows the node
-// already unschedulable; every approval needs the node cordoned and empty.
-func decide(h lock.Holder, identified, cordoned bool, pending drain.Pending) step {
+// already unschedulable; every approval needs the node cordoned and empty,
+// and is given once per boot: a node that rebooted since its approval asks
+// again only when its update failed, and its cycle must end first.
+func decide(h lock.Holder, identified, rebooted, cordoned bool, pending drain.Pending) step {
 	switch {
 	case !identified:
 		return stepRefuse
+	case rebooted && h.Stage() == lock.PhaseApproved:
+		return stepReturned
 	case !cordoned:
 		return stepCordon
 	case !pending.Done() && h.Stage() == lock.PhaseDraining:

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
@@ -27,6 +28,7 @@ type memLock struct {
 	onChange func()
 	calls    []string // the writes and fresh reads, in order
 	err      error    // returned by every fresh call when set
+	halt     *lock.Halt
 }
 
 func (m *memLock) changed() {
@@ -45,6 +47,10 @@ func (m *memLock) Acquire(_ context.Context, _ string, h lock.Holder, lim lock.L
 	if i := slices.IndexFunc(m.holders, func(x lock.Holder) bool { return x.ID == h.ID }); i >= 0 {
 		defer m.mu.Unlock()
 		return lock.Result{Granted: true, Holder: m.holders[i], Holders: slices.Clone(m.holders)}, nil
+	}
+	if m.halt != nil {
+		defer m.mu.Unlock()
+		return lock.Result{}, &lock.HaltedError{Group: "g", Halt: *m.halt}
 	}
 	m.mu.Unlock()
 	if admit != nil {
@@ -87,8 +93,29 @@ func (m *memLock) Advance(_ context.Context, _, id string, since time.Time, chan
 	if h.Phase != m.holders[i].Phase {
 		m.calls = append(m.calls, "Advance("+string(h.Phase)+")")
 	}
+	if h.SteadyStateAt != m.holders[i].SteadyStateAt {
+		m.calls = append(m.calls, "Advance(SteadyState)")
+	}
 	m.holders[i] = h
 	return h, nil
+}
+
+func (m *memLock) Approve(ctx context.Context, group, id string, since time.Time, uid types.UID, a lock.Approval) (lock.Holder, bool, error) {
+	m.mu.Lock()
+	halt := m.halt
+	m.mu.Unlock()
+	mine := false
+	h, err := m.Advance(ctx, group, id, since, func(h *lock.Holder) {
+		if h.Stage() == lock.PhaseApproved || halt != nil {
+			return
+		}
+		mine = true
+		h.Phase, h.NodeUID, h.Approval = lock.PhaseApproved, uid, &a
+	})
+	if err == nil && !mine && halt != nil && h.Stage() != lock.PhaseApproved {
+		return lock.Holder{}, false, &lock.HaltedError{Group: group, Halt: *halt}
+	}
+	return h, mine, err
 }
 
 func (m *memLock) ReleaseMatching(_ context.Context, _ string, match func(lock.Holder) bool) ([]lock.Holder, error) {

@@ -212,6 +212,19 @@ func (d *Directory) MarkRebooting(ctx context.Context, name, bootID string) erro
 	}, "RebootApproved", "drained; reboot approved")
 }
 
+// SetPhase shows phase as the node's status while the holding's cycle goes
+// on after the approval (Rebooting, Returning, Settling, Halted). It is a
+// display: decided on the cache first, and only on a node whose
+// rebootmanager/holding is holding.
+func (d *Directory) SetPhase(ctx context.Context, name, holding, phase string) error {
+	return d.patchCached(ctx, name, func(n *corev1.Node) *nodePatch {
+		if n.Annotations[annotations.Holding] != holding || n.Annotations[annotations.Status] == phase {
+			return nil
+		}
+		return &nodePatch{annotations: map[string]*string{annotations.Status: ptr(phase)}}
+	})
+}
+
 // SetDrainMessage records what the drain waits for. An empty message removes it.
 func (d *Directory) SetDrainMessage(ctx context.Context, name, msg string) error {
 	return d.patchCached(ctx, name, func(n *corev1.Node) *nodePatch {

@@ -37,6 +37,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter/apihealth"
 	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
+	"github.com/rebootmanager/reboot-manager/arbiter/finish"
 	"github.com/rebootmanager/reboot-manager/arbiter/gate"
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
 	"github.com/rebootmanager/reboot-manager/arbiter/leader"
@@ -70,6 +71,7 @@ type config struct {
 	drainWorkers      int
 	reconcileInterval time.Duration
 	maxHold           time.Duration
+	maxDowntime       time.Duration
 	leaderElection    bool
 	leaseName         string
 	identity          string
@@ -103,6 +105,7 @@ func parse(args []string) (config, error) {
 	fs.IntVar(&c.drainWorkers, "drain-workers", 4, "nodes drained in parallel")
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", 30*time.Second, "how often to release slots of deleted nodes and clean up leftover cordons")
 	fs.DurationVar(&c.maxHold, "max-hold", 2*time.Hour, "slot holding time after which the holder gets a LockHeldTooLong Warning Event and counts in rebootmanager_slots_overdue; the slot is never released automatically (0 disables)")
+	fs.DurationVar(&c.maxDowntime, "max-downtime", time.Hour, "time from a reboot's approval within which the node must be back; after it the group halts with not_back and the slot stays held (0 disables)")
 	fs.BoolVar(&c.leaderElection, "leader-election", true, "run the drainer and reconciler only on the elected replica")
 	fs.StringVar(&c.leaseName, "leader-election-lease", "reboot-manager-arbiter", "name of the leader-election Lease")
 	fs.StringVar(&c.identity, "pod-name", "", "this pod's name, from the downward API (its own pod is evicted last)")
@@ -128,8 +131,8 @@ func parse(args []string) (config, error) {
 	if c.maxWait < 0 || c.maxWait >= 30*time.Minute {
 		return c, errors.New("-max-wait must be at least 0 and under Zincati's 30-minute request timeout")
 	}
-	if c.maxHold < 0 {
-		return c, errors.New("-max-hold must not be negative")
+	if c.maxHold < 0 || c.maxDowntime < 0 {
+		return c, errors.New("-max-hold and -max-downtime must not be negative")
 	}
 	if c.maxGroups < 1 {
 		return c, errors.New("-max-groups must be at least 1")
@@ -219,6 +222,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
 		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
 	}, log)
+	finisher := finish.New(directory, semaphore, client.CoordinationV1().Leases(corev1.NamespaceNodeLease), settings,
+		finish.Config{MaxDowntime: cfg.maxDowntime, Metrics: finish.NewMetrics(registry)}, log)
 	apiServer := apihealth.Start(ctx, client.Discovery().RESTClient(), 2*time.Second, log)
 	decider := coordinator.New(coordinator.Deps{
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
@@ -249,8 +254,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		decider.Wake(l.Annotations[annotations.LockGroup])
 		holders, _ := lock.Decode(l)
 		for _, h := range holders {
-			if h.Node != "" && h.Stage() == lock.PhaseDraining {
+			switch {
+			case h.Node != "" && h.Stage() == lock.PhaseDraining:
 				drainer.Enqueue(h.Node)
+			case h.Node != "" && h.Stage() == lock.PhaseApproved:
+				finisher.Kick() // a steady-state, or a node seen back
 			}
 		}
 	}); err != nil {
@@ -258,9 +266,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	// A node shown Draining is a hint for the drainer, which confirms it on
 	// fresh reads of the lock objects and the node.
+	// A node in the later phases of a cycle may be back: a hint for the
+	// finisher, which judges on fresh reads.
 	enqueueDraining := func(obj any) {
-		if n, ok := obj.(*corev1.Node); ok && n.Annotations[annotations.Status] == annotations.StatusDraining {
+		n, ok := obj.(*corev1.Node)
+		if !ok {
+			return
+		}
+		switch n.Annotations[annotations.Status] {
+		case annotations.StatusDraining:
 			drainer.Enqueue(n.Name)
+		case annotations.StatusRebooting, annotations.StatusReturning, annotations.StatusSettling, annotations.StatusHalted:
+			finisher.Kick()
 		}
 	}
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -334,11 +351,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		log.Error("no valid groups settings: every pre-reboot is answered 503 until there are", "err", err)
 	}
 
-	// One leadership term: a fresh drainer run and reconciler, both ended
+	// One leadership term: a fresh drainer run, finisher and reconciler, all ended
 	// before the term returns.
 	term := func(ctx context.Context) {
 		var wg sync.WaitGroup
 		wg.Go(func() { drainer.Run(ctx, cfg.drainWorkers) })
+		wg.Go(func() { finisher.Run(ctx) })
 		reconciler.Run(ctx)
 		wg.Wait()
 	}

@@ -62,6 +62,7 @@ const (
 	KindWrongGroup       Kind = "wrong_group"
 	KindTooManyGroups    Kind = "too_many_groups"
 	KindPaused           Kind = "paused"
+	KindHalted           Kind = "halted"
 	KindOutsideWindow    Kind = "outside_window"
 	KindBlocked          Kind = "blocked"
 	KindMinGap           Kind = "min_gap"
@@ -74,7 +75,7 @@ const (
 // Kinds lists every kind, in the order the README documents them.
 var Kinds = []Kind{
 	KindMissingHeader, KindBadRequest, KindMethodNotAllowed, KindNotFound,
-	KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap,
+	KindLockHeld, KindDrainInProgress, KindPaused, KindHalted, KindOutsideWindow, KindBlocked, KindMinGap,
 	KindUnknownNode, KindAmbiguousID, KindWrongGroup, KindTooManyGroups, KindUnauthorized, KindForbiddenSource, KindInternal, KindUnavailable,
 }
 
@@ -94,7 +95,7 @@ func (k Kind) Status() int {
 		return http.StatusForbidden
 	case KindAmbiguousID, KindWrongGroup, KindTooManyGroups:
 		return http.StatusConflict
-	case KindLockHeld, KindDrainInProgress, KindPaused, KindOutsideWindow, KindBlocked, KindMinGap:
+	case KindLockHeld, KindDrainInProgress, KindPaused, KindHalted, KindOutsideWindow, KindBlocked, KindMinGap:
 		return http.StatusLocked
 	case KindUnavailable:
 		return http.StatusServiceUnavailable
