@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/rebootmanager/reboot-manager/arbiter/finish"
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
@@ -58,6 +59,9 @@ type Group struct {
 	Name    string   `json:"name"`
 	Slots   int      `json:"slots"`
 	Holders []Holder `json:"holders"`
+	// Halt, when set, is why the group grants no slot and approves no
+	// reboot until `kubectl reboot-manager resume`.
+	Halt *lock.Halt `json:"halt,omitempty"`
 }
 
 // Holder is one holder of a slot.
@@ -87,6 +91,9 @@ type Node struct {
 	// one is still accepted, and "no" when its requests are served
 	// unprotected.
 	Credential string `json:"credential"`
+	// Versions is the OS version at the approval and now ("from → to"),
+	// while an approved cycle goes on.
+	Versions string `json:"versions,omitempty"`
 }
 
 // Status reads the fleet's reboot state from the API server.
@@ -104,9 +111,24 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 			cfg = groups.Default()
 		}
 	}
-	held, err := lock.New(client.CoordinationV1(), nil, where.Namespace).Fresh(ctx)
+	leases, err := client.CoordinationV1().Leases(where.Namespace).List(ctx, metav1.ListOptions{LabelSelector: lock.Label + "=true"})
 	if err != nil {
 		return r, fmt.Errorf("read the reboot slots: %w", err)
+	}
+	held := map[string][]lock.Holder{}
+	halts := map[string]*lock.Halt{}
+	approved := map[string]lock.Holder{} // node → its approved holder
+	for i := range leases.Items {
+		o, err := lock.DecodeObject(&leases.Items[i])
+		if err != nil {
+			return r, fmt.Errorf("read the reboot slots: %w", err)
+		}
+		held[o.Group], halts[o.Group] = o.Holders, o.Halt
+		for _, h := range o.Holders {
+			if h.Node != "" && h.Stage() == lock.PhaseApproved {
+				approved[h.Node] = h
+			}
+		}
 	}
 	list, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -121,7 +143,7 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 		names[g] = true
 	}
 	for _, g := range slices.Sorted(maps.Keys(names)) {
-		grp := Group{Name: g, Slots: cfg.For(g).Slots, Holders: []Holder{}}
+		grp := Group{Name: g, Slots: cfg.For(g).Slots, Holders: []Holder{}, Halt: halts[g]}
 		for _, h := range held[g] {
 			grp.Holders = append(grp.Holders, Holder{ID: h.ID, Node: h.Node, Since: h.Since,
 				HeldSeconds: int64(r.Time.Sub(h.Since).Seconds())})
@@ -129,7 +151,14 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 		r.Groups = append(r.Groups, grp)
 	}
 	for i := range list.Items {
-		r.Nodes = append(r.Nodes, nodeStatus(&list.Items[i], r.Time))
+		n := &list.Items[i]
+		s := nodeStatus(n, r.Time)
+		if h, ok := approved[n.Name]; ok {
+			if from, to := finish.Versions(h, n); from != "" || to != "" {
+				s.Versions = dash(from) + " → " + dash(to)
+			}
+		}
+		r.Nodes = append(r.Nodes, s)
 	}
 	slices.SortFunc(r.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
 	return r, nil
@@ -166,12 +195,18 @@ func nodeStatus(n *corev1.Node, now time.Time) Node {
 		if s.Reason == "" {
 			s.Reason = "evicting pods"
 		}
-	case s.Status == annotations.StatusRebooting && nodes.Rebooted(n):
-		since(annotations.Since)
-		s.Reason = "rebooted; waiting for Zincati's steady-state to put it back in service"
 	case s.Status == annotations.StatusRebooting:
 		since(annotations.Since)
 		s.Reason = "drained and approved; waiting for the reboot"
+	case s.Status == annotations.StatusReturning:
+		since(annotations.Since)
+		s.Reason = "booted again; waiting for Ready, and for Zincati's steady-state or the agent's boot-complete"
+	case s.Status == annotations.StatusSettling:
+		since(annotations.Since)
+		s.Reason = "back and Ready; waiting out the group's settle time"
+	case s.Status == annotations.StatusHalted:
+		since(annotations.Since)
+		s.Reason = "its cycle failed and halted the group; see its Events"
 	case nodes.Waiting(n):
 		s.Status = StatusWaiting
 		since(annotations.WaitingAt)
@@ -191,7 +226,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	if r.ConfigError != "" {
 		fmt.Fprintf(tw, "WARNING: groups ConfigMap rejected, showing defaults: %s\n\n", r.ConfigError)
 	}
-	fmt.Fprintln(tw, "GROUP\tSLOTS\tHELD\tHOLDERS")
+	fmt.Fprintln(tw, "GROUP\tSLOTS\tHELD\tHOLDERS\tHALTED")
 	for _, g := range r.Groups {
 		holders := make([]string, len(g.Holders))
 		for i, h := range g.Holders {
@@ -201,10 +236,14 @@ func (r Report) WriteTable(w io.Writer) error {
 			}
 			holders[i] = fmt.Sprintf("%s (%s)", who, duration.HumanDuration(time.Duration(h.HeldSeconds)*time.Second))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", g.Name, g.Slots, len(g.Holders), dash(strings.Join(holders, ", ")))
+		halted := ""
+		if g.Halt != nil {
+			halted = g.Halt.String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", g.Name, g.Slots, len(g.Holders), dash(strings.Join(holders, ", ")), dash(halted))
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "NODE\tGROUP\tSTATUS\tCORDONED\tCREDENTIAL\tFOR\tREASON")
+	fmt.Fprintln(tw, "NODE\tGROUP\tSTATUS\tCORDONED\tCREDENTIAL\tFOR\tVERSIONS\tREASON")
 	for _, n := range r.Nodes {
 		held := ""
 		if n.Since != nil && n.Status != StatusWaiting {
@@ -214,7 +253,7 @@ func (r Report) WriteTable(w io.Writer) error {
 		if n.Unschedulable {
 			cordoned = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Group, n.Status, cordoned, n.Credential, dash(held), dash(n.Reason))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Group, n.Status, cordoned, n.Credential, dash(held), dash(n.Versions), dash(n.Reason))
 	}
 	return tw.Flush()
 }

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
 )
 
@@ -39,9 +40,13 @@ func TestNodeStatus(t *testing.T) {
 		{"approved, not yet rebooted", node(true, "b1", map[string]string{
 			annotations.Status: annotations.StatusRebooting, annotations.ApprovedBootID: "b1"}),
 			annotations.StatusRebooting, "workers", "waiting for the reboot"},
-		{"rebooted", node(true, "b2", map[string]string{
-			annotations.Status: annotations.StatusRebooting, annotations.ApprovedBootID: "b1"}),
-			annotations.StatusRebooting, "workers", "waiting for Zincati's steady-state"},
+		{"returning", node(true, "b2", map[string]string{
+			annotations.Status: annotations.StatusReturning, annotations.ApprovedBootID: "b1"}),
+			annotations.StatusReturning, "workers", "waiting for Ready, and for Zincati's steady-state or the agent's boot-complete"},
+		{"settling", node(true, "b2", map[string]string{annotations.Status: annotations.StatusSettling}),
+			annotations.StatusSettling, "workers", "settle time"},
+		{"halted", node(true, "b2", map[string]string{annotations.Status: annotations.StatusHalted}),
+			annotations.StatusHalted, "workers", "halted the group"},
 		{"waiting", node(false, "b1", map[string]string{
 			annotations.Waiting: `group "workers" is full`, annotations.WaitingAt: "2026-11-24T11:58:00Z"}),
 			StatusWaiting, "workers", `group "workers" is full (last asked 2m ago)`},
@@ -66,11 +71,13 @@ func TestWriteTable(t *testing.T) {
 		ConfigError: "parse: bad slots",
 		Groups: []Group{
 			{Name: "default", Slots: 1, Holders: []Holder{{ID: "abc", Node: "n1", Since: since, HeldSeconds: 90}}},
-			{Name: "outside", Slots: 2, Holders: []Holder{{ID: "def", Since: since, HeldSeconds: 3700}}},
+			{Name: "outside", Slots: 2, Holders: []Holder{{ID: "def", Since: since, HeldSeconds: 3700}},
+				Halt: &lock.Halt{Reason: lock.HaltUpdateNotApplied, Node: "n3", Message: "back on 41.1"}},
 		},
 		Nodes: []Node{
 			{Name: "n1", Group: "default", Status: annotations.StatusDraining, Unschedulable: true, Since: &since, Reason: "evicting pods", Credential: "yes"},
 			{Name: "n2", Group: "default", Status: annotations.StatusReady, Credential: "no"},
+			{Name: "n3", Group: "outside", Status: annotations.StatusSettling, Unschedulable: true, Credential: "yes", Versions: "41.1 → 41.2"},
 		},
 	}
 	var b bytes.Buffer
@@ -80,9 +87,10 @@ func TestWriteTable(t *testing.T) {
 	for _, want := range []string{
 		"WARNING: groups ConfigMap rejected",
 		"default  1      1     n1 (90s)",
-		"outside  2      1     id def (61m)",
-		"n1    default  Draining  yes       yes         90s  evicting pods",
-		"n2    default  Ready     no        no          -    -",
+		"outside  2      1     id def (61m)  update_not_applied (node n3): back on 41.1",
+		"n1    default  Draining  yes       yes         90s  -            evicting pods",
+		"n2    default  Ready     no        no          -    -            -",
+		"n3    outside  Settling  yes       yes         -    41.1 → 41.2  -",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())

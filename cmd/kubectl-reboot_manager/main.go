@@ -5,6 +5,8 @@
 //
 //	kubectl reboot-manager status [-o table|json]
 //	kubectl reboot-manager release NODE|ID [-o table|json]
+//	kubectl reboot-manager pause GROUP...|--all
+//	kubectl reboot-manager resume GROUP...|--all
 //	kubectl reboot-manager id MACHINE-ID
 package main
 
@@ -31,6 +33,8 @@ const usage = `kubectl reboot-manager: the operator's view of reboot-manager
 Commands:
   status             groups, slots and holders, and each node's reboot status and what it waits for
   release NODE|ID    free the reboot slot a node (or a Zincati id) holds, and put a draining node back in service
+  pause GROUP...     halt groups (--all: every group): no new slot, no new approval, until resume
+  resume GROUP...    lift the halt of groups (--all: every halted group), whatever halted them
   id MACHINE-ID      print the Zincati id of a machine id (/etc/machine-id)`
 
 // env is the prefix of the environment variables behind the flags.
@@ -51,6 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	fs.StringVar(&where.Namespace, "namespace", "reboot-manager", "the arbiter's namespace")
 	fs.StringVar(&where.GroupsConfigMap, "groups-configmap", "reboot-manager-groups", "the groups ConfigMap")
 	output := fs.String("o", "table", "output format: table or json")
+	all := fs.Bool("all", false, "pause or resume: every group")
 	timeout := fs.Duration("request-timeout", 30*time.Second, "time limit for the whole command")
 	// Parse errors are reported in one line below; the usage only on -h.
 	fs.SetOutput(io.Discard)
@@ -67,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		err = fmt.Errorf("-o must be table or json, not %q", *output)
 	}
 	if err == nil && len(words) == 0 {
-		err = errors.New("no command: want status, release or id (-h for help)")
+		err = errors.New("no command: want status, release, pause, resume or id (-h for help)")
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "kubectl-reboot_manager:", err)
@@ -79,13 +84,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		return 1
 	}
 	cmd, rest := words[0], words[1:]
-	want := map[string]int{"status": 0, "release": 1, "id": 1}
+	want := map[string]int{"status": 0, "release": 1, "id": 1, "pause": -1, "resume": -1}
 	n, ok := want[cmd]
-	if !ok {
-		fmt.Fprintf(stderr, "kubectl-reboot_manager: unknown command %q: want status, release or id\n", cmd)
+	switch {
+	case !ok:
+		fmt.Fprintf(stderr, "kubectl-reboot_manager: unknown command %q: want status, release, pause, resume or id\n", cmd)
 		return 2
-	}
-	if len(rest) != n {
+	case n < 0 && (len(rest) == 0) == !*all:
+		fmt.Fprintf(stderr, "kubectl-reboot_manager: %s takes groups, or --all, not both\n", cmd)
+		return 2
+	case n >= 0 && *all:
+		fmt.Fprintf(stderr, "kubectl-reboot_manager: --all goes with pause and resume only\n")
+		return 2
+	case n >= 0 && len(rest) != n:
 		fmt.Fprintf(stderr, "kubectl-reboot_manager: %s takes %d argument(s), got %d\n", cmd, n, len(rest))
 		return 2
 	}
@@ -114,6 +125,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 			err = r.WriteJSON(stdout)
 		} else {
 			err = r.WriteTable(stdout)
+		}
+		if err != nil {
+			return fail(err)
+		}
+	case "pause", "resume":
+		act := operator.Pause
+		if cmd == "resume" {
+			act = operator.Resume
+		}
+		r, err := act(ctx, client, where, rest, *all, operatorName(lookup))
+		if err != nil {
+			return fail(err)
+		}
+		if *output == "json" {
+			err = writeJSON(stdout, r)
+		} else {
+			_, err = fmt.Fprint(stdout, r)
 		}
 		if err != nil {
 			return fail(err)
@@ -149,6 +177,14 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		words = append(words, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+}
+
+// operatorName names who acts, for the halt record and its Event.
+func operatorName(lookup func(string) (string, bool)) string {
+	if u, ok := lookup("USER"); ok && u != "" {
+		return "operator " + u
+	}
+	return "an operator"
 }
 
 func writeJSON(w io.Writer, v any) error {
