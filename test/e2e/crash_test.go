@@ -19,10 +19,11 @@ import (
 // TestCrashes (R2) kills the arbiter with SIGKILL at random instants of a
 // reboot cycle, SOAK_CRASHES times (default 4; make soak runs 60): during a
 // pre-reboot (the lock compare-and-swap, the cordon, the drain) and during a
-// steady-state (between the release and the uncordon). After each restart
-// the node, like Zincati, asks again until answered: the drain resumes and
-// completes, and once its steady-state is answered the node holds no slot,
-// carries no cordon of ours and is Ready in status.
+// steady-state (between recording it and the release, or the release and
+// the uncordon). After each restart the node, like Zincati, asks again
+// until answered: the drain resumes and completes, and once its
+// steady-state is answered the node soon holds no slot, carries no cordon
+// of ours and is Ready in status.
 func TestCrashes(t *testing.T) {
 	trials := 4
 	if v, err := strconv.Atoi(os.Getenv("SOAK_CRASHES")); err == nil && v > 0 {
@@ -34,9 +35,13 @@ func TestCrashes(t *testing.T) {
 	group := fleetlock.DefaultGroup  // the group of nodes without a label
 	args := []string{"--leader-election=false", "--max-wait", "10s"}
 	a := startArbiter(t, ns, args...)
-	crashAfter := func(max time.Duration, f func()) {
+	// crashAfter runs f at a random instant within max; the channel closes
+	// once it has.
+	crashAfter := func(max time.Duration, f func()) <-chan struct{} {
 		d := time.Duration(rand.Int64N(int64(max)))
-		time.AfterFunc(d, f)
+		done := make(chan struct{})
+		time.AfterFunc(d, func() { f(); close(done) })
+		return done
 	}
 	// ask repeats a request every 100 ms, restarting the arbiter whenever
 	// it is gone, until it is answered 200. It counts the requests that
@@ -85,10 +90,13 @@ func TestCrashes(t *testing.T) {
 			a = startArbiter(t, ns, args...)
 		}
 
+		reboot(t, name)
 		victim = a
-		crashAfter(30*time.Millisecond, victim.kill)
+		crashed := crashAfter(30*time.Millisecond, victim.kill)
 		ask(func(ctx context.Context, p fleetlock.ClientParams) error { return a.client.SteadyState(ctx, p) }, p)
 		crashes++
+		// The leader ends the cycle once the node is back: keep one running.
+		<-crashed
 		if getOK(a.url+"healthz") != nil {
 			a = startArbiter(t, ns, args...)
 		}

@@ -160,6 +160,9 @@ func TestRBAC(t *testing.T) {
 		{arbiterSA, "update", "nodes", "", false},
 		{arbiterSA, "delete", "nodes", "", false},
 		{arbiterSA, "update", "leases.coordination.k8s.io", "kube-system", false},
+		{arbiterSA, "get", "leases.coordination.k8s.io", "kube-node-lease", true},
+		{arbiterSA, "update", "leases.coordination.k8s.io", "kube-node-lease", false},
+		{arbiterSA, "list", "leases.coordination.k8s.io", "kube-node-lease", false},
 		{arbiterSA, "update", "configmaps", "reboot-manager", false},
 		{agentSA, "watch", "services", "reboot-manager", true},
 		{agentSA, "patch", "nodes", "", true},
@@ -214,7 +217,9 @@ func TestArbiterAsServiceAccount(t *testing.T) {
 	if pods, _ := fixtures.PodsOn(ctx, c, ns, nodes[0].name); len(pods) != 1 {
 		t.Fatalf("pods left = %d, want only the DaemonSet pod", len(pods))
 	}
+	reboot(t, nodes[0].name)
 	must(t, a.steadyState(nodes[0].id, group))
+	released(t, "reboot-manager", group, nodes[0].name)
 	if getNode(t, nodes[0].name).Spec.Unschedulable {
 		t.Fatal("node still cordoned after steady-state")
 	}

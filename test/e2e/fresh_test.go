@@ -97,23 +97,27 @@ func TestFreshApproval(t *testing.T) {
 	}
 }
 
-// TestNoLostRelease: a pre-reboot granted by one replica and a steady-state
-// for the same id answered by the other, at once. After every 200 to the
-// steady-state the lock object, read from the API server, holds nothing.
-// 100 rounds (SOAK_RACE_ROUNDS).
+// TestNoLostRelease: a pre-reboot granted by one replica, the reboot, and
+// a steady-state for the same id answered by the other, at once. After
+// every 200 to the steady-state the lock object, read from the API server,
+// holds nothing, or the holder with that steady-state recorded (the leader
+// releases it a moment later): never a holder that lost it. 50 rounds
+// (SOAK_RACE_ROUNDS).
 func TestNoLostRelease(t *testing.T) {
 	ns := cluster.Namespace(t)
 	node := newNodes(t, ns, 1, nil)[0]
 	a, b := startArbiter(t, ns), startArbiter(t, ns)
-	n, lost := rounds(100), 0
+	n, lost := rounds(50), 0
 	for i := range n {
 		must(t, a.preReboot(node.id, "default"))
+		reboot(t, node.name)
 		must(t, b.steadyState(node.id, "default"))
-		if h := holders(t, ns, "default"); len(h) != 0 {
+		if h := holders(t, ns, "default"); len(h) > 1 || (len(h) == 1 && h[0].SteadyStateAt == nil) {
 			lost++
-			t.Errorf("round %d: steady-state answered 200 and the slot stays held: %+v", i, h)
+			t.Errorf("round %d: steady-state answered 200 and the slot is held without it: %+v", i, h)
 			_, _ = lockRelease(t, ns, "default")
 		}
+		released(t, ns, "default", node.name)
 	}
 	t.Logf("lost releases: %d rounds across two replicas, %d lost", n, lost)
 }
@@ -269,6 +273,7 @@ func TestSlotFollowsTheNode(t *testing.T) {
 	node := newNodes(t, ns, 1, inGroup("old"))[0]
 	a := startArbiter(t, ns)
 	approveUntil(t, a, node, "old", 30*time.Second)
+	reboot(t, node.name)
 	newID := strings.Repeat("ab", 16)
 	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q},"labels":{%q:"new"}}}`, annotations.ZincatiID, newID, annotations.GroupLabel)
 	_, err := cluster.Client.CoreV1().Nodes().Patch(ctx, node.name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
@@ -418,10 +423,9 @@ func TestRollingUpgrade(t *testing.T) {
 	if pods, err := fixtures.PodsOn(ctx, cluster.Client, ns, node.name); err != nil || len(pods) != 0 {
 		t.Fatalf("approved with pods %d on the node (%v)", len(pods), err)
 	}
+	reboot(t, node.name)
 	must(t, updated.steadyState(node.id, "default"))
-	if h := holders(t, ns, "default"); len(h) != 0 {
-		t.Errorf("holders after steady-state = %+v", h)
-	}
+	released(t, ns, "default", node.name)
 	if n := getNode(t, node.name); n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusReady {
 		t.Errorf("node after the cycle: unschedulable=%v status=%q", n.Spec.Unschedulable, n.Annotations[annotations.Status])
 	}

@@ -83,6 +83,7 @@ func TestLongPoll(t *testing.T) {
 		t.Fatalf("holders = %+v, want only %s", h, nodes[1].name)
 	}
 	stillWaiting(t, second, "the second waiter")
+	must(t, fixtures.Reboot(ctx, c, nodes[1].name, 0))
 	must(t, a.steadyState(nodes[1].id, group))
 	if got := waitAnswer(t, second, 10*time.Second); got.err != nil {
 		t.Fatalf("second waiter = %v, want 200", got.err)
@@ -90,6 +91,7 @@ func TestLongPoll(t *testing.T) {
 
 	// The drain: a PDB holds the pods; the waiting request is approved as
 	// soon as the budget lets them go.
+	must(t, fixtures.Reboot(ctx, c, nodes[2].name, 0))
 	must(t, a.steadyState(nodes[2].id, group))
 	pool := ns + "-pods"
 	target := newNodes(t, ns, 1, func(_ int, s *fixtures.NodeSpec) { s.Name += "-pods"; s.Labels["pool"] = pool })[0]

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
@@ -58,7 +59,8 @@ func TestAPIServerOutage(t *testing.T) {
 		mu.Unlock()
 		return o.err
 	}
-	for _, id := range ids {
+	for i, id := range ids {
+		name := fmt.Sprintf("%s-%05d", ns, i) // as createPlainNodes names them
 		wg.Go(func() {
 			p := fleetlock.ClientParams{ID: id, Group: "default"}
 			for {
@@ -72,7 +74,14 @@ func TestAPIServerOutage(t *testing.T) {
 				default:
 				}
 				if send("pre-reboot", p) == nil {
-					time.Sleep(50 * time.Millisecond)
+					// The reboot: kubelet reports a new boot, once the API
+					// server takes it.
+					for {
+						if _, err := fixtures.BootAgain(context.Background(), cluster.Client, name, fixtures.OSImage(), true); err == nil {
+							break
+						}
+						time.Sleep(200 * time.Millisecond)
+					}
 					_ = send("steady-state", p)
 				}
 				time.Sleep(50 * time.Millisecond)
@@ -161,7 +170,10 @@ func TestAPIServerOutage(t *testing.T) {
 	if recovered.IsZero() || recovered.Sub(back) > 15*time.Second {
 		t.Errorf("no approval within 15s of the API server's return (recovered %v)", recovered)
 	}
-	if h := holders(t, ns, "default"); len(h) != 0 {
-		t.Errorf("slots still held after every node reported steady-state: %+v", h)
-	}
+	harness.Eventually(t, 20*time.Second, "every slot released", func() error {
+		if h := holders(t, ns, "default"); len(h) != 0 {
+			return fmt.Errorf("slots still held after every node rebooted and reported steady-state: %+v", h)
+		}
+		return nil
+	})
 }

@@ -61,7 +61,9 @@ groups:
 	}
 	release := func(node simNode, group string) {
 		t.Helper()
+		reboot(t, node.name)
 		must(t, a.steadyState(node.id, group))
+		released(t, ns, group, node.name)
 	}
 	statusReason := func(node simNode) string {
 		t.Helper()

@@ -37,7 +37,7 @@ func rollout(tb testing.TB, n int, scale float64, args ...string) ([]fleetsim.Ti
 	}
 	timelines, sum, err := fleetsim.Run(ctx, fleetsim.Config{
 		Client: cluster.Client, BaseURL: a.url, Namespace: ns, Group: fleetlock.DefaultGroup, Slots: 1,
-		Hosts: hosts, Scale: scale, RebootTime: 60 * time.Second, Seed: 1,
+		Hosts: hosts, Scale: scale, RebootTime: 60 * time.Second, KubeletDelay: 10 * time.Second, Seed: 1,
 	})
 	var table strings.Builder
 	_ = fleetsim.WriteTimelines(&table, timelines)
@@ -50,15 +50,16 @@ func rollout(tb testing.TB, n int, scale float64, args ...string) ([]fleetsim.Ti
 
 // TestFleetSim: a small Zincati-faithful rollout with long-poll finishes,
 // never holds more than the one slot (seen by a watch on the lock object),
-// never approves before the slot or reboots a node with pods on it, and
-// leaves every node uncordoned and Ready with a new boot id.
+// never approves before the slot or reboots a node with pods on it, never
+// frees a slot on the steady-state that comes before kubelet reports the
+// new boot, and leaves every node uncordoned and Ready with a new boot id.
 func TestFleetSim(t *testing.T) {
 	timelines, sum := rollout(t, 4, 300, "--max-wait", "5m")
 	if sum.Finished != 4 || sum.Violations != 0 || sum.MaxHolders != 1 {
 		t.Fatalf("summary %s: want 4 finished, 1 holder at most, no violations", sum)
 	}
 	for _, tl := range timelines {
-		if tl.Locked.IsZero() || tl.Approved.Before(tl.Locked) || tl.Released.Before(tl.Up) {
+		if tl.Locked.IsZero() || tl.Approved.Before(tl.Locked) || tl.SteadyState.After(tl.Up) || tl.Released.Before(tl.Up) {
 			t.Errorf("%s: out of order: %+v", tl.Host.Node, tl)
 		}
 		n := getNode(t, tl.Host.Node)

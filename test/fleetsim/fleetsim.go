@@ -4,9 +4,12 @@
 // Each host runs Zincati's client state machine as ../shared/notes/
 // fleetlock.md describes it: steady-state at start, retried every tick until
 // 2xx; once its update is staged, pre-reboot on every tick (300–330 s, no
-// backoff; a tick waits for the reply) until 2xx; a reboot of its kwok Node
-// (NotReady, a new boot id, Ready again after the reboot time); then
-// steady-state again. The wire is Zincati's: a pretty JSON body, no
+// backoff; a tick waits for the reply) until 2xx; then the reboot, in the
+// order ../shared/notes/after-reboot.md gives: the host goes down (its kwok
+// Node's Lease taken over, so nothing reports for it) for the reboot time;
+// Zincati starts and sends its steady-state at once, before kubelet has
+// reported the new boot; kubelet reports it (a new boot id and OS version,
+// Ready) a moment later. The wire is Zincati's: a pretty JSON body, no
 // Content-Type, the protocol header. A watch on the group's lock object
 // records, independently of the server's word, when slots are taken and
 // freed and how many are held at every instant.
@@ -16,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -66,6 +70,9 @@ type Config struct {
 	Scale float64
 	// RebootTime is how long a real reboot keeps a host down (before Scale).
 	RebootTime time.Duration
+	// KubeletDelay is how long after Zincati's steady-state kubelet reports
+	// the new boot (before Scale).
+	KubeletDelay time.Duration
 	// Seed makes the jitter and tick phases repeatable.
 	Seed uint64
 }
@@ -81,9 +88,12 @@ type Timeline struct {
 	Locked time.Time
 	// Approved is when its pre-reboot was answered 200.
 	Approved time.Time
-	// Up is when its Node was Ready again after the reboot.
+	// SteadyState is when its steady-state after the reboot was answered
+	// 200: before kubelet reports the new boot.
+	SteadyState time.Time
+	// Up is when its Node was Ready again on the new boot.
 	Up time.Time
-	// Released is when its steady-state after the reboot was answered 200.
+	// Released is when the lock watch saw its slot freed.
 	Released time.Time
 	// Err is why the host did not finish, if it did not.
 	Err error
@@ -107,15 +117,18 @@ func Run(ctx context.Context, cfg Config) ([]Timeline, Summary, error) {
 	var wg sync.WaitGroup
 	for i, h := range cfg.Hosts {
 		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(i)))
-		wg.Go(func() { timelines[i] = host(ctx, cfg, client, h, rng) })
+		wg.Go(func() { timelines[i] = host(ctx, cfg, client, w, h, rng) })
 	}
 	wg.Wait()
 	end := time.Now()
 
-	changes, locked := w.snapshot()
+	changes, locked, freed := w.snapshot()
 	var errs []error
 	for i := range timelines {
 		timelines[i].Locked = locked[timelines[i].Host.ID]
+		if timelines[i].Err == nil {
+			timelines[i].Released = freed[timelines[i].Host.ID]
+		}
 		if err := timelines[i].Err; err != nil {
 			errs = append(errs, fmt.Errorf("host %s: %w", timelines[i].Host.Node, err))
 		}
@@ -124,7 +137,7 @@ func Run(ctx context.Context, cfg Config) ([]Timeline, Summary, error) {
 }
 
 // host runs one Zincati agent through its rollout.
-func host(ctx context.Context, cfg Config, client *fleetlock.Client, h Host, rng *rand.Rand) Timeline {
+func host(ctx context.Context, cfg Config, client *fleetlock.Client, w *lockWatch, h Host, rng *rand.Rand) Timeline {
 	t := Timeline{Host: h}
 	p := fleetlock.ClientParams{ID: h.ID, Group: cfg.Group}
 	scaled := func(d time.Duration) time.Duration { return time.Duration(float64(d) / cfg.Scale) }
@@ -169,17 +182,42 @@ func host(ctx context.Context, cfg Config, client *fleetlock.Client, h Host, rng
 		}
 	}
 	t.Approved = time.Now()
-	if err := fixtures.Reboot(ctx, cfg.Client, h.Node, scaled(cfg.RebootTime)); err != nil {
+	kubelet, err := fixtures.TakeDown(ctx, cfg.Client, h.Node, time.Hour)
+	if err != nil {
 		t.Err = fmt.Errorf("reboot: %w", err)
 		return t
 	}
-	t.Up = time.Now()
-	// At boot, Zincati reports steady-state at once, then every tick until 2xx.
+	if !sleep(scaled(cfg.RebootTime)) {
+		t.Err = ctx.Err()
+		return t
+	}
+	// At boot, Zincati reports steady-state at once, then every tick until
+	// 2xx; kubelet has not reported the new boot yet.
 	if !steady() {
 		t.Err = fmt.Errorf("no steady-state answered: %w", ctx.Err())
 		return t
 	}
-	t.Released = time.Now()
+	t.SteadyState = time.Now()
+	if !sleep(scaled(cfg.KubeletDelay)) {
+		t.Err = ctx.Err()
+		return t
+	}
+	if _, err := fixtures.BootAgain(ctx, cfg.Client, h.Node, fixtures.OSImage(), true); err != nil {
+		t.Err = fmt.Errorf("report the new boot: %w", err)
+		return t
+	}
+	t.Up = time.Now()
+	if err := fixtures.BringBack(ctx, cfg.Client, h.Node, kubelet); err != nil {
+		t.Err = err
+		return t
+	}
+	// The slot is the server's to release now: wait for the watch to see it.
+	for !w.freedSince(h.ID, t.Approved) {
+		if !sleep(10 * time.Millisecond) {
+			t.Err = fmt.Errorf("slot never released: %w", ctx.Err())
+			return t
+		}
+	}
 	return t
 }
 
@@ -196,11 +234,12 @@ type lockWatch struct {
 	mu      sync.Mutex
 	changes []change
 	locked  map[string]time.Time // id → when first seen holding
+	freed   map[string]time.Time // id → when last seen no longer holding
 }
 
 func watchLock(ctx context.Context, c kubernetes.Interface, namespace, group string) (*lockWatch, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &lockWatch{stop: cancel, locked: map[string]time.Time{}}
+	w := &lockWatch{stop: cancel, locked: map[string]time.Time{}, freed: map[string]time.Time{}}
 	factory := informers.NewSharedInformerFactoryWithOptions(c, 0, informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + lock.ObjectName(group) }))
 	inf := factory.Coordination().V1().Leases().Informer()
@@ -217,9 +256,16 @@ func watchLock(ctx context.Context, c kubernetes.Interface, namespace, group str
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		w.changes = append(w.changes, change{at: now, holders: len(holders)})
+		held := map[string]bool{}
 		for _, h := range holders {
+			held[h.ID] = true
 			if _, ok := w.locked[h.ID]; !ok {
 				w.locked[h.ID] = now
+			}
+		}
+		for id, at := range w.locked {
+			if f, ok := w.freed[id]; !held[id] && (!ok || f.Before(at)) {
+				w.freed[id] = now
 			}
 		}
 	}
@@ -242,17 +288,21 @@ func watchLock(ctx context.Context, c kubernetes.Interface, namespace, group str
 	}
 	// Holders from before the rollout are not part of it.
 	w.mu.Lock()
-	w.locked = map[string]time.Time{}
+	w.locked, w.freed = map[string]time.Time{}, map[string]time.Time{}
 	w.mu.Unlock()
 	return w, nil
 }
 
-func (w *lockWatch) snapshot() ([]change, map[string]time.Time) {
+func (w *lockWatch) snapshot() ([]change, map[string]time.Time, map[string]time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	locked := make(map[string]time.Time, len(w.locked))
-	for k, v := range w.locked {
-		locked[k] = v
-	}
-	return append([]change(nil), w.changes...), locked
+	return append([]change(nil), w.changes...), maps.Clone(w.locked), maps.Clone(w.freed)
+}
+
+// freedSince reports whether the watch saw id's slot freed after t.
+func (w *lockWatch) freedSince(id string, t time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f, ok := w.freed[id]
+	return ok && f.After(t)
 }

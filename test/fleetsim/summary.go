@@ -13,12 +13,13 @@ type Summary struct {
 	// Hosts and Finished count the fleet and the hosts that rebooted and
 	// reported back.
 	Hosts, Finished int
-	// Makespan runs from the first staged update to the last steady-state.
+	// Makespan runs from the first staged update to the last release.
 	Makespan time.Duration
 	// LockWait, Drain and Reboot sum, over the hosts, the time from staged to
-	// slot taken, from slot taken to approval, and from approval to the
-	// steady-state that released the slot.
-	LockWait, Drain, Reboot time.Duration
+	// slot taken, from slot taken to approval, and from approval to the node
+	// Ready on its new boot. Return sums the time from Ready to the slot's
+	// release: the server's own delay.
+	LockWait, Drain, Reboot, Return time.Duration
 	// Idle is slot time wasted: free slots, counted only while some host
 	// waited for one.
 	Idle time.Duration
@@ -27,7 +28,8 @@ type Summary struct {
 	// over Slots.
 	MaxHolders, Violations int
 	// Ratio is Makespan over the ideal, (Drain+Reboot)/Slots: 1.0 means no
-	// slot ever stood idle while a host waited.
+	// slot ever stood idle while a host waited, and each was released the
+	// moment its node was back.
 	Ratio float64
 }
 
@@ -51,7 +53,12 @@ func summarize(timelines []Timeline, changes []change, slots int, start, end tim
 			s.LockWait += t.Locked.Sub(t.Staged)
 			s.Drain += t.Approved.Sub(t.Locked)
 		}
-		s.Reboot += t.Released.Sub(t.Approved)
+		up := t.Up
+		if up.IsZero() {
+			up = t.Released
+		}
+		s.Reboot += up.Sub(t.Approved)
+		s.Return += t.Released.Sub(up)
 	}
 	if last.After(first) {
 		s.Makespan = last.Sub(first)
@@ -106,9 +113,9 @@ func idle(timelines []Timeline, changes []change, slots int) time.Duration {
 
 // String is the summary in one table.
 func (s Summary) String() string {
-	return fmt.Sprintf("hosts %d/%d  makespan %s  Σlock-wait %s  Σdrain %s  Σreboot %s  idle %s  max holders %d  violations %d  makespan/ideal %.2f",
+	return fmt.Sprintf("hosts %d/%d  makespan %s  Σlock-wait %s  Σdrain %s  Σreboot %s  Σreturn %s  idle %s  max holders %d  violations %d  makespan/ideal %.2f",
 		s.Finished, s.Hosts, s.Makespan.Round(time.Millisecond), s.LockWait.Round(time.Millisecond), s.Drain.Round(time.Millisecond),
-		s.Reboot.Round(time.Millisecond), s.Idle.Round(time.Millisecond), s.MaxHolders, s.Violations, s.Ratio)
+		s.Reboot.Round(time.Millisecond), s.Return.Round(time.Millisecond), s.Idle.Round(time.Millisecond), s.MaxHolders, s.Violations, s.Ratio)
 }
 
 // WriteTimelines prints one line per host, times relative to the first
@@ -127,14 +134,14 @@ func WriteTimelines(w io.Writer, timelines []Timeline) error {
 		return at.Sub(zero).Round(10 * time.Millisecond).String()
 	}
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tSTAGED\tASKS\tLOCKED\tAPPROVED\tUP\tRELEASED\tERROR")
+	fmt.Fprintln(tw, "NODE\tSTAGED\tASKS\tLOCKED\tAPPROVED\tSTEADY\tUP\tRELEASED\tERROR")
 	for _, t := range timelines {
 		errText := "-"
 		if t.Err != nil {
 			errText = t.Err.Error()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", t.Host.Node, rel(t.Staged), t.Asks, rel(t.Locked),
-			rel(t.Approved), rel(t.Up), rel(t.Released), errText)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Host.Node, rel(t.Staged), t.Asks, rel(t.Locked),
+			rel(t.Approved), rel(t.SteadyState), rel(t.Up), rel(t.Released), errText)
 	}
 	return tw.Flush()
 }
