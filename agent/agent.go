@@ -358,34 +358,45 @@ func (a *Agent) publishID(ctx context.Context, node *corev1.Node) error {
 // the boot id, boot-complete.target's state and the OS version. It patches
 // only what differs from the Node as cached (a stale cache costs a
 // redundant, idempotent patch), and looks again in a few seconds while the
-// boot is not complete yet. A value it cannot read is left out, with a
-// warning: the drop-in is managed regardless.
+// boot is not complete yet. The three go in one patch, so the values are
+// always about the boot id beside them: a value it cannot read is removed
+// (with a warning), never left over from an earlier boot; without the
+// boot id it publishes nothing. The drop-in is managed regardless.
 func (a *Agent) witness(ctx context.Context, node *corev1.Node) {
-	want := map[string]string{}
-	if raw, err := os.ReadFile(a.cfg.BootIDPath); err != nil {
+	raw, err := os.ReadFile(a.cfg.BootIDPath)
+	if err != nil {
 		a.log.Warn("cannot read the boot id", "err", err)
-	} else {
-		want[annotations.BootID] = strings.TrimSpace(string(raw))
+		return
 	}
+	want := map[string]string{annotations.BootID: strings.TrimSpace(string(raw))} // "" removes
 	switch state, err := a.restarter.BootComplete(ctx); {
 	case err != nil:
 		a.log.Warn("cannot read boot-complete.target", "err", err)
-	case state != "":
+		want[annotations.BootComplete] = ""
+		a.queue.AddAfter(key, 5*time.Second)
+	default:
 		want[annotations.BootComplete] = state
 		if state == "pending" {
 			a.queue.AddAfter(key, 5*time.Second)
 		}
 	}
-	if v, err := osVersion(a.cfg.HostRoot); err != nil {
+	v, err := osVersion(a.cfg.HostRoot)
+	if err != nil {
 		a.log.Warn("cannot read the host's os-release", "err", err)
-	} else if v != "" {
-		want[annotations.OSVersion] = v
 	}
+	want[annotations.OSVersion] = v
 	change := map[string]any{}
 	for k, v := range want {
-		if node.Annotations[k] != v {
-			change[k] = v
+		if node.Annotations[k] == v {
+			continue
 		}
+		if v == "" {
+			if _, ok := node.Annotations[k]; ok {
+				change[k] = nil
+			}
+			continue
+		}
+		change[k] = v
 	}
 	if len(change) == 0 {
 		return
