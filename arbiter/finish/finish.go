@@ -16,12 +16,13 @@
 // A steady-state from a node that never went down (Zincati restarted, or
 // an operator by curl) is told apart from "rebooted, kubelet has not
 // reported yet" by the kubelet's Lease: the slot is released when, after
-// the steady-state, this leader saw the Lease's renewTime change twice (two
-// renewals, about 20 s) and a GET of the Node made after that still shows
-// the approved boot id, Ready. kubelet may renew its Lease a moment before
-// it patches a new boot id, but not for two renewal periods: its first
-// status sync comes within one. The renewals are timed by this leader's
-// reads, never by the node's clock.
+// the steady-state, this leader saw the Lease's renewTime change three
+// times (at least two renewal periods, 20 s, after the first) and a GET of
+// the Node made after that still shows the approved boot id, Ready.
+// kubelet may renew its Lease a moment before it patches a new boot id,
+// but not for two renewal periods: its first status sync comes within one.
+// The renewals are timed by this leader's reads, never by the node's
+// clock. A pre-reboot confirmed again after the steady-state voids it.
 //
 // Failures halt the group (see lock.Halt), unless its haltOnFailure
 // setting is false:
@@ -251,8 +252,15 @@ func (f *Finisher) alive(ctx context.Context, k holding, node string, steady tim
 		r.last = renew
 		r.changes++
 	}
-	return r.changes >= 2, nil
+	return r.changes >= Renewals, nil
 }
+
+// Renewals is how many changes of the kubelet Lease's renewTime, seen
+// after a steady-state on the approved boot, prove the node never went
+// down: with kubelet's 10 s renewals, at least 20 s of a kubelet that still
+// reports the old boot, when its first status sync after a start comes
+// within one.
+const Renewals = 3
 
 // apply does what a verdict asks.
 func (f *Finisher) apply(ctx context.Context, k holding, h lock.Holder, n *corev1.Node, s groups.Settings, v Verdict) error {
@@ -264,10 +272,13 @@ func (f *Finisher) apply(ctx context.Context, k holding, h lock.Holder, n *corev
 	case MarkBack, ClearBack:
 		now := f.now().UTC()
 		_, err := f.lock.Advance(ctx, k.group, k.id, k.since, func(r *lock.Holder) {
+			if !r.Equal(h) {
+				return // changed since it was judged
+			}
 			if v.Step == MarkBack {
-				r.BackAt = &now
+				r.BackAt, r.BackBootID = &now, n.Status.NodeInfo.BootID
 			} else {
-				r.BackAt = nil
+				r.BackAt, r.BackBootID = nil, ""
 			}
 		})
 		if err != nil && !errors.Is(err, lock.ErrNotHolder) {
@@ -286,9 +297,10 @@ func (f *Finisher) apply(ctx context.Context, k holding, h lock.Holder, n *corev
 				return err
 			}
 		}
-		gone, err := f.lock.ReleaseMatching(ctx, k.group, func(x lock.Holder) bool {
-			return x.ID == k.id && x.Since.Equal(k.since) && x.Stage() == lock.PhaseApproved
-		})
+		// Only the record as judged: a steady-state voided, a return
+		// forgotten, or a new approval since makes the release miss, and
+		// the next pass judges again.
+		gone, err := f.lock.ReleaseMatching(ctx, k.group, func(x lock.Holder) bool { return x.Equal(h) })
 		if err != nil {
 			return fmt.Errorf("release the slot: %w", err)
 		}

@@ -73,7 +73,7 @@ type Verdict struct {
 type Input struct {
 	Holder lock.Holder
 	Node   *corev1.Node
-	// Alive is true when the kubelet's Lease was renewed at least twice
+	// Alive is true when the kubelet's Lease was renewed Renewals times
 	// since Holder's steady-state arrived (see package doc).
 	Alive bool
 	// Settle is the group's settle time; MaxDowntime, when positive, the
@@ -126,7 +126,8 @@ func Judge(in Input) Verdict {
 		return notBack(annotations.StatusReturning, "Ready, waiting for its steady-state or the agent's boot-complete")
 	}
 	if in.Settle > 0 {
-		if h.BackAt == nil {
+		if h.BackAt == nil || h.BackBootID != boot {
+			// Back, or back again on another boot (a crash while settling).
 			return Verdict{Step: MarkBack, Phase: annotations.StatusSettling, Why: "back; settling"}
 		}
 		if left := h.BackAt.Add(in.Settle).Sub(in.Now); left > 0 {

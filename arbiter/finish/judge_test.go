@@ -16,8 +16,12 @@ func TestJudge(t *testing.T) {
 	now := approved.Add(3 * time.Minute)
 	at := func(d time.Duration) *time.Time { t := approved.Add(d); return &t }
 	holder := func(steady, back *time.Time, osVersion string) lock.Holder {
-		return lock.Holder{ID: "id", Node: "n", Phase: lock.PhaseApproved, SteadyStateAt: steady, BackAt: back,
+		h := lock.Holder{ID: "id", Node: "n", Phase: lock.PhaseApproved, SteadyStateAt: steady, BackAt: back,
 			Approval: &lock.Approval{At: approved, BootID: "b1", OSImage: "Fedora CoreOS 41.1", OSVersion: osVersion}}
+		if back != nil {
+			h.BackBootID = "b2"
+		}
+		return h
 	}
 	type node struct {
 		boot, image string
@@ -104,6 +108,8 @@ func TestJudge(t *testing.T) {
 			Wait, annotations.StatusSettling, ""},
 		{"settled: released", holder(at(time.Minute), at(-3*time.Minute), ""), node{"b2", "Fedora CoreOS 41.2", true, nil}, false, 5 * time.Minute, time.Hour,
 			Release, "", Completed},
+		{"a crash while settling, Ready again on another boot: starts again", holder(at(time.Minute), at(-3*time.Minute), ""), node{"b3", "Fedora CoreOS 41.2", true, nil}, false, 5 * time.Minute, time.Hour,
+			MarkBack, annotations.StatusSettling, ""},
 		{"not Ready while settling: starts again", holder(at(time.Minute), at(time.Minute), ""), node{"b2", "Fedora CoreOS 41.2", false, nil}, false, 5 * time.Minute, time.Hour,
 			ClearBack, annotations.StatusReturning, ""},
 	}

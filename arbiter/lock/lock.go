@@ -117,8 +117,8 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 			res = Result{Granted: true, Holder: mine, Holders: o.Holders}
 			return false, nil
 		}
-		if o.Halt != nil {
-			return false, &HaltedError{Group: group, Halt: *o.Halt}
+		if len(o.Halts) > 0 {
+			return false, &HaltedError{Group: group, Halts: o.Halts}
 		}
 		if !admitted {
 			if err := admit(); err != nil {
@@ -197,8 +197,8 @@ func (s *Semaphore) Approve(ctx context.Context, group, id string, since time.Ti
 		if h.Stage() == PhaseApproved {
 			return false, nil // approved meanwhile through another replica
 		}
-		if o.Halt != nil {
-			return false, &HaltedError{Group: group, Halt: *o.Halt}
+		if len(o.Halts) > 0 {
+			return false, &HaltedError{Group: group, Halts: o.Halts}
 		}
 		h.Phase, h.NodeUID, h.Approval = PhaseApproved, nodeUID, &a
 		o.put(h)
@@ -211,33 +211,33 @@ func (s *Semaphore) Approve(ctx context.Context, group, id string, since time.Ti
 	return out, mine, nil
 }
 
-// SetHalt halts group with h, by compare-and-swap, unless it is halted
-// already. It returns the group's halt after the call and whether this call
-// set it.
-func (s *Semaphore) SetHalt(ctx context.Context, group string, h Halt) (Halt, bool, error) {
-	var out Halt
+// SetHalt halts group with h, by compare-and-swap, unless a halt of the
+// same reason is there already. It returns the group's halts after the
+// call and whether this call added h.
+func (s *Semaphore) SetHalt(ctx context.Context, group string, h Halt) ([]Halt, bool, error) {
+	var out []Halt
 	var set bool
 	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
-		if o.Halt != nil {
-			out, set = *o.Halt, false
-			return false, nil
+		set = !slices.ContainsFunc(o.Halts, func(x Halt) bool { return x.Reason == h.Reason })
+		if set {
+			h.At = h.At.UTC()
+			o.Halts = append(o.Halts, h)
 		}
-		h.At = h.At.UTC()
-		o.Halt, out, set = &h, h, true
-		return true, nil
+		out = o.Halts
+		return set, nil
 	})
 	if err != nil {
-		return Halt{}, false, fmt.Errorf("halt group %q: %w", group, err)
+		return nil, false, fmt.Errorf("halt group %q: %w", group, err)
 	}
 	return out, set, nil
 }
 
 // Fail records, in one compare-and-swap, that the holding of id that
-// started at since failed with h.Reason and, when halt is true, halts group
-// with h unless it is halted already. A failure already recorded for the
-// holding changes nothing, so a group resumed by a person is not halted
-// again for it. It reports whether the failure was new, and whether this
-// call halted the group.
+// started at since failed with h.Reason and, when halt is true, adds h to
+// group's halts. A failure already recorded for the holding changes
+// nothing, so a group resumed by a person is not halted again for it. It
+// reports whether the failure was new, and whether this call halted the
+// group.
 func (s *Semaphore) Fail(ctx context.Context, group, id string, since time.Time, h Halt, halt bool) (recorded, halted bool, err error) {
 	_, err = s.Update(ctx, group, func(o *Object) (bool, error) {
 		recorded, halted = false, false
@@ -245,15 +245,15 @@ func (s *Semaphore) Fail(ctx context.Context, group, id string, since time.Time,
 		if !ok || !x.Since.Equal(since) {
 			return false, ErrNotHolder
 		}
-		if x.Failed == h.Reason {
+		if x.failed(h.Reason) {
 			return false, nil
 		}
-		x.Failed = h.Reason
+		x.Failed = append(slices.Clone(x.Failed), h.Reason)
 		o.put(x)
 		recorded = true
-		if halt && o.Halt == nil {
+		if halt {
 			h.At = h.At.UTC()
-			o.Halt, halted = &h, true
+			o.Halts, halted = append(o.Halts, h), true
 		}
 		return true, nil
 	})
@@ -263,14 +263,14 @@ func (s *Semaphore) Fail(ctx context.Context, group, id string, since time.Time,
 	return recorded, halted, nil
 }
 
-// Resume lifts group's halt, by compare-and-swap. It returns the halt it
-// lifted, or nil when the group was not halted.
-func (s *Semaphore) Resume(ctx context.Context, group string) (*Halt, error) {
-	var lifted *Halt
+// Resume lifts every halt of group, by compare-and-swap, and returns them
+// (none when the group was not halted).
+func (s *Semaphore) Resume(ctx context.Context, group string) ([]Halt, error) {
+	var lifted []Halt
 	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
-		lifted = o.Halt
-		o.Halt = nil
-		return lifted != nil, nil
+		lifted = o.Halts
+		o.Halts = nil
+		return len(lifted) > 0, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("resume group %q: %w", group, err)
@@ -304,6 +304,52 @@ func (s *Semaphore) ReleaseMatching(ctx context.Context, group string, match fun
 	return gone, nil
 }
 
+// SteadyState applies a steady-state to the holders of group that match
+// selects, in one compare-and-swap on a fresh read: a holder of a Node
+// approved for a reboot gets the steady-state recorded (at now, or at its
+// approval if that is later by another replica's clock) and keeps its slot
+// until its node is back; any other is released. Each holder is judged on
+// the read the write is conditional on, so one approved a moment ago
+// through another replica is kept, never released. It returns the holders
+// released and those kept.
+func (s *Semaphore) SteadyState(ctx context.Context, group string, match func(Holder) bool, now time.Time) (released, kept []Holder, err error) {
+	_, err = s.Update(ctx, group, func(o *Object) (bool, error) {
+		released, kept = nil, nil
+		write := false
+		o.Holders = slices.DeleteFunc(o.Holders, func(h Holder) bool {
+			switch {
+			case !match(h):
+				return false
+			case h.Node == "" || h.Stage() != PhaseApproved:
+				released = append(released, h)
+				write = true
+				return true
+			}
+			return false
+		})
+		for i, h := range o.Holders {
+			if !match(h) {
+				continue
+			}
+			if h.SteadyStateAt == nil || (h.Approval != nil && h.SteadyStateAt.Before(h.Approval.At)) {
+				at := now.UTC()
+				if h.Approval != nil && at.Before(h.Approval.At) {
+					at = h.Approval.At
+				}
+				h.SteadyStateAt = &at
+				o.Holders[i] = h
+				write = true
+			}
+			kept = append(kept, h)
+		}
+		return write, nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("apply a steady-state in group %q: %w", group, err)
+	}
+	return released, kept, nil
+}
+
 // Cached returns group's holders as the cache last saw them, without an API
 // request; nil when the group has no lock object or it cannot be read. It
 // may lag: use it to turn a request away, as a hint or to show state, never
@@ -331,15 +377,15 @@ func (s *Semaphore) All() (map[string][]Holder, error) {
 
 // Halts returns every halted group's halt from the cache: for displays
 // and refusals only.
-func (s *Semaphore) Halts() (map[string]Halt, error) {
+func (s *Semaphore) Halts() (map[string][]Halt, error) {
 	leases, err := s.lister.Leases(s.namespace).List(labels.SelectorFromSet(labels.Set{Label: "true"}))
 	if err != nil {
 		return nil, fmt.Errorf("list lock objects: %w", err)
 	}
-	out := map[string]Halt{}
+	out := map[string][]Halt{}
 	for _, l := range leases {
-		if o, err := decode(l); err == nil && o.Halt != nil {
-			out[o.Group] = *o.Halt
+		if o, err := decode(l); err == nil && len(o.Halts) > 0 {
+			out[o.Group] = o.Halts
 		}
 	}
 	return out, nil

@@ -26,7 +26,7 @@ func NewCollector(s *Semaphore, slots func(group string) int, maxHold time.Durat
 		sem:     s,
 		slots:   slots,
 		maxHold: maxHold,
-		halted:  prometheus.NewDesc("rebootmanager_group_halted", "1 for each halted group, with the halt's reason.", []string{"group", "reason"}, nil),
+		halted:  prometheus.NewDesc("rebootmanager_group_halted", "1 for each halted group and reason.", []string{"group", "reason"}, nil),
 		overdue: prometheus.NewDesc("rebootmanager_slots_overdue", "Slots held for longer than --max-hold, by group.", []string{"group"}, nil),
 		held:    prometheus.NewDesc("rebootmanager_slots_held", "Reboot slots held, by group.", []string{"group"}, nil),
 		total:   prometheus.NewDesc("rebootmanager_slots", "Reboot slots configured, by group with a lock object.", []string{"group"}, nil),
@@ -55,8 +55,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.halted, err)
 		return
 	}
-	for group, h := range halts {
-		ch <- prometheus.MustNewConstMetric(c.halted, prometheus.GaugeValue, 1, group, string(h.Reason))
+	for group, hs := range halts {
+		seen := map[HaltReason]bool{}
+		for _, h := range hs {
+			if !seen[h.Reason] {
+				seen[h.Reason] = true
+				ch <- prometheus.MustNewConstMetric(c.halted, prometheus.GaugeValue, 1, group, string(h.Reason))
+			}
+		}
 	}
 	now := c.sem.now()
 	for group, holders := range all {

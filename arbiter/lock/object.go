@@ -73,12 +73,29 @@ type Holder struct {
 	// SteadyStateAt is when the holder's steady-state arrived after the
 	// approval: the slot is released only once its node is back too.
 	SteadyStateAt *time.Time `json:"steadyStateAt,omitempty"`
-	// BackAt is when the node was first seen back after the reboot, for the
-	// group's settle time; cleared if it stops being Ready meanwhile.
-	BackAt *time.Time `json:"backAt,omitempty"`
-	// Failed is how this holding's cycle failed, once that was recorded
+	// BackAt is when the node was first seen back after the reboot, on the
+	// boot BackBootID, for the group's settle time; cleared if it stops
+	// being Ready meanwhile.
+	BackAt     *time.Time `json:"backAt,omitempty"`
+	BackBootID string     `json:"backBootID,omitempty"`
+	// Failed are the ways this holding's cycle failed, each recorded once
 	// (and its group halted): a resumed group is not halted again for it.
-	Failed HaltReason `json:"failed,omitempty"`
+	Failed []HaltReason `json:"failed,omitempty"`
+	// Volumes are the PersistentVolumes of the pods the drain evicted,
+	// recorded before the evictions: the reboot waits until the node no
+	// longer holds them.
+	Volumes []Volume `json:"volumes,omitempty"`
+	// UnmountedAt is when the node was first seen listing none of Volumes
+	// in use; the wait for their detach is bounded from then.
+	UnmountedAt *time.Time `json:"unmountedAt,omitempty"`
+}
+
+// Volume is a PersistentVolume an evicted pod used.
+type Volume struct {
+	// PV is the PersistentVolume's name, as VolumeAttachments name it.
+	PV string `json:"pv"`
+	// UniqueName is its name in a Node's volumesInUse ("" when unknown).
+	UniqueName string `json:"uniqueName,omitempty"`
 }
 
 // HaltReason says why a group is halted.
@@ -121,13 +138,23 @@ func (h Halt) String() string {
 // HaltedError refuses a grant or an approval in a halted group.
 type HaltedError struct {
 	Group string
-	Halt  Halt
+	Halts []Halt
 }
 
 func (e *HaltedError) Error() string {
-	return fmt.Sprintf("group %q is halted since %s: %s; lift it with `kubectl reboot-manager resume %s`",
-		e.Group, e.Halt.At.UTC().Format(time.RFC3339), e.Halt, e.Group)
+	why := make([]string, len(e.Halts))
+	for i, h := range e.Halts {
+		why[i] = h.String() + " (since " + h.At.UTC().Format(time.RFC3339) + ")"
+	}
+	return fmt.Sprintf("group %q is halted: %s; lift it with `kubectl reboot-manager resume %s`",
+		e.Group, strings.Join(why, "; "), e.Group)
 }
+
+// Equal reports whether two records are the same in every field.
+func (h Holder) Equal(o Holder) bool { return equalHolders(h, o) }
+
+// failed reports whether the holding's failure with reason was recorded.
+func (h Holder) failed(reason HaltReason) bool { return slices.Contains(h.Failed, reason) }
 
 // Approval records the node as it was when its reboot was approved, so the
 // end of the cycle can be told from the ground truth.
@@ -182,8 +209,9 @@ type Object struct {
 	Holders []Holder
 	// LastGrant is when a slot was last granted.
 	LastGrant time.Time
-	// Halt, when not nil, is why the group is halted.
-	Halt *Halt
+	// Halts, when any, are why the group is halted: each failure, and a
+	// person's pause, until a resume lifts them all.
+	Halts []Halt
 	// ResourceVersion is the version read; a write is conditional on it.
 	ResourceVersion string
 }
@@ -262,10 +290,9 @@ func decode(l *coordinationv1.Lease) (Object, error) {
 	}
 	o.LastGrant, _ = time.Parse(time.RFC3339Nano, l.Annotations[annotations.LockLastGrant])
 	if raw := l.Annotations[annotations.LockHalt]; raw != "" {
-		o.Halt = &Halt{}
-		if err := json.Unmarshal([]byte(raw), o.Halt); err != nil {
+		if err := json.Unmarshal([]byte(raw), &o.Halts); err != nil || len(o.Halts) == 0 {
 			// Unreadable is still halted: fail closed, and say so.
-			o.Halt = &Halt{Reason: HaltOperator, Message: fmt.Sprintf("unreadable halt record %q: %v", raw, err)}
+			o.Halts = []Halt{{Reason: HaltOperator, Message: fmt.Sprintf("unreadable halt record %q: %v", raw, err)}}
 		}
 	}
 	var members []legacyHolder
@@ -328,8 +355,8 @@ func encode(l *coordinationv1.Lease, o Object) error {
 		l.Annotations[annotations.LockLastGrant] = o.LastGrant.UTC().Format(time.RFC3339Nano)
 	}
 	delete(l.Annotations, annotations.LockHalt)
-	if o.Halt != nil {
-		raw, err := json.Marshal(o.Halt)
+	if len(o.Halts) > 0 {
+		raw, err := json.Marshal(o.Halts)
 		if err != nil {
 			return fmt.Errorf("encode the halt: %w", err)
 		}

@@ -76,18 +76,19 @@ func TestDecodeSchemas(t *testing.T) {
 	}
 }
 
-// TestHaltRecord: a halt survives a round trip, is removed when lifted,
-// and an unreadable one still halts the group.
+// TestHaltRecord: halts survive a round trip, are removed when lifted,
+// and an unreadable record still halts the group.
 func TestHaltRecord(t *testing.T) {
 	at := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
-	h := &Halt{Reason: HaltBootFailed, Node: "n1", Message: "boot-complete.target failed", At: at}
+	hs := []Halt{{Reason: HaltOperator, Message: "paused by operator ann", At: at},
+		{Reason: HaltBootFailed, Node: "n1", Message: "boot-complete.target failed", At: at.Add(time.Minute)}}
 	l := lease(map[string]string{})
-	if err := encode(l, Object{Group: "g", Halt: h}); err != nil {
+	if err := encode(l, Object{Group: "g", Halts: hs}); err != nil {
 		t.Fatal(err)
 	}
 	o, err := DecodeObject(l)
-	if err != nil || o.Halt == nil || *o.Halt != *h {
-		t.Fatalf("decoded halt = %+v (%v), want %+v", o.Halt, err, h)
+	if err != nil || len(o.Halts) != 2 || o.Halts[0] != hs[0] || o.Halts[1] != hs[1] {
+		t.Fatalf("decoded halts = %+v (%v), want %+v", o.Halts, err, hs)
 	}
 	if err := encode(l, Object{Group: "g"}); err != nil {
 		t.Fatal(err)
@@ -95,11 +96,16 @@ func TestHaltRecord(t *testing.T) {
 	if _, ok := l.Annotations[annotations.LockHalt]; ok {
 		t.Error("a lifted halt stayed on the object")
 	}
-	o, err = DecodeObject(lease(map[string]string{annotations.LockHalt: "{not json"}))
-	if err != nil || o.Halt == nil {
-		t.Errorf("an unreadable halt decoded to %+v (%v), want a halt: fail closed", o.Halt, err)
+	for _, raw := range []string{"{not json", "[]", `{"reason":"boot_failed"}`} {
+		o, err = DecodeObject(lease(map[string]string{annotations.LockHalt: raw}))
+		if err != nil || len(o.Halts) != 1 {
+			t.Errorf("an unreadable halt record %q decoded to %+v (%v), want one halt: fail closed", raw, o.Halts, err)
+		}
 	}
-	if want := `group "g" is halted since 2026-12-02T10:00:00Z: boot_failed (node n1): boot-complete.target failed`; !strings.HasPrefix((&HaltedError{Group: "g", Halt: *h}).Error(), want) {
-		t.Errorf("HaltedError = %q, want it to start %q", (&HaltedError{Group: "g", Halt: *h}).Error(), want)
+	msg := (&HaltedError{Group: "g", Halts: hs}).Error()
+	for _, want := range []string{`group "g" is halted: operator: paused by operator ann (since 2026-12-02T10:00:00Z); boot_failed (node n1)`, "resume g"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("HaltedError = %q, want it to contain %q", msg, want)
+		}
 	}
 }

@@ -25,9 +25,9 @@ type GroupHalt struct {
 	// Changed is false when the group already was halted (Pause) or was
 	// not halted (Resume).
 	Changed bool `json:"changed"`
-	// Halt is the group's halt: the one Pause set or found, or the one
-	// Resume lifted.
-	Halt *lock.Halt `json:"halt,omitempty"`
+	// Halts are the group's halts: after Pause, all of them; after Resume,
+	// those it lifted.
+	Halts []lock.Halt `json:"halts,omitempty"`
 }
 
 // Halts is the result of Pause or Resume.
@@ -44,9 +44,9 @@ func (r Halts) String() string {
 		case r.Verb == "pause" && g.Changed:
 			fmt.Fprintf(&b, "group %q halted: no new slot, no new approval; `kubectl reboot-manager resume %s` lifts it\n", g.Group, g.Group)
 		case r.Verb == "pause":
-			fmt.Fprintf(&b, "group %q was already halted: %s\n", g.Group, g.Halt)
+			fmt.Fprintf(&b, "group %q was already paused: %s\n", g.Group, haltList(g.Halts))
 		case g.Changed:
-			fmt.Fprintf(&b, "group %q resumed (was halted: %s)\n", g.Group, g.Halt)
+			fmt.Fprintf(&b, "group %q resumed (was halted: %s)\n", g.Group, haltList(g.Halts))
 		default:
 			fmt.Fprintf(&b, "group %q was not halted\n", g.Group)
 		}
@@ -69,11 +69,11 @@ func Pause(ctx context.Context, client kubernetes.Interface, where Where, names 
 	sem := lock.New(client.CoordinationV1(), nil, where.Namespace)
 	events := syncRecorder{client: client}
 	for _, g := range names {
-		h, set, err := sem.SetHalt(ctx, g, lock.Halt{Reason: lock.HaltOperator, Message: "paused by " + who, At: time.Now()})
+		hs, set, err := sem.SetHalt(ctx, g, lock.Halt{Reason: lock.HaltOperator, Message: "paused by " + who, At: time.Now()})
 		if err != nil {
 			return r, err
 		}
-		r.Groups = append(r.Groups, GroupHalt{Group: g, Changed: set, Halt: &h})
+		r.Groups = append(r.Groups, GroupHalt{Group: g, Changed: set, Halts: hs})
 		if set {
 			events.Eventf(lockRef(where, g), corev1.EventTypeWarning, "GroupHalted", "group %q halted by %s (kubectl reboot-manager pause)", g, who)
 		}
@@ -99,13 +99,13 @@ func Resume(ctx context.Context, client kubernetes.Interface, where Where, names
 	}
 	events := syncRecorder{client: client}
 	for _, g := range names {
-		h, err := sem.Resume(ctx, g)
+		hs, err := sem.Resume(ctx, g)
 		if err != nil {
 			return r, err
 		}
-		r.Groups = append(r.Groups, GroupHalt{Group: g, Changed: h != nil, Halt: h})
-		if h != nil {
-			events.Eventf(lockRef(where, g), corev1.EventTypeNormal, "GroupResumed", "group %q resumed by %s; it was halted: %s", g, who, h)
+		r.Groups = append(r.Groups, GroupHalt{Group: g, Changed: len(hs) > 0, Halts: hs})
+		if len(hs) > 0 {
+			events.Eventf(lockRef(where, g), corev1.EventTypeNormal, "GroupResumed", "group %q resumed by %s; it was halted: %s", g, who, haltList(hs))
 		}
 	}
 	return r, nil
@@ -150,6 +150,15 @@ func groupNames(ctx context.Context, client kubernetes.Interface, where Where, n
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// haltList is halts in one line.
+func haltList(hs []lock.Halt) string {
+	s := make([]string, len(hs))
+	for i, h := range hs {
+		s[i] = h.String()
+	}
+	return strings.Join(s, "; ")
 }
 
 func lockRef(where Where, group string) *corev1.ObjectReference {

@@ -59,9 +59,9 @@ type Group struct {
 	Name    string   `json:"name"`
 	Slots   int      `json:"slots"`
 	Holders []Holder `json:"holders"`
-	// Halt, when set, is why the group grants no slot and approves no
+	// Halts, when any, are why the group grants no slot and approves no
 	// reboot until `kubectl reboot-manager resume`.
-	Halt *lock.Halt `json:"halt,omitempty"`
+	Halts []lock.Halt `json:"halts,omitempty"`
 }
 
 // Holder is one holder of a slot.
@@ -116,14 +116,14 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 		return r, fmt.Errorf("read the reboot slots: %w", err)
 	}
 	held := map[string][]lock.Holder{}
-	halts := map[string]*lock.Halt{}
+	halts := map[string][]lock.Halt{}
 	approved := map[string]lock.Holder{} // node → its approved holder
 	for i := range leases.Items {
 		o, err := lock.DecodeObject(&leases.Items[i])
 		if err != nil {
 			return r, fmt.Errorf("read the reboot slots: %w", err)
 		}
-		held[o.Group], halts[o.Group] = o.Holders, o.Halt
+		held[o.Group], halts[o.Group] = o.Holders, o.Halts
 		for _, h := range o.Holders {
 			if h.Node != "" && h.Stage() == lock.PhaseApproved {
 				approved[h.Node] = h
@@ -143,7 +143,7 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 		names[g] = true
 	}
 	for _, g := range slices.Sorted(maps.Keys(names)) {
-		grp := Group{Name: g, Slots: cfg.For(g).Slots, Holders: []Holder{}, Halt: halts[g]}
+		grp := Group{Name: g, Slots: cfg.For(g).Slots, Holders: []Holder{}, Halts: halts[g]}
 		for _, h := range held[g] {
 			grp.Holders = append(grp.Holders, Holder{ID: h.ID, Node: h.Node, Since: h.Since,
 				HeldSeconds: int64(r.Time.Sub(h.Since).Seconds())})
@@ -195,6 +195,9 @@ func nodeStatus(n *corev1.Node, now time.Time) Node {
 		if s.Reason == "" {
 			s.Reason = "evicting pods"
 		}
+	case s.Status == annotations.StatusWaitingForVolumes:
+		since(annotations.Since)
+		s.Reason = "drained; waiting for the evicted pods' volumes to be unmounted and detached"
 	case s.Status == annotations.StatusRebooting:
 		since(annotations.Since)
 		s.Reason = "drained and approved; waiting for the reboot"
@@ -236,10 +239,7 @@ func (r Report) WriteTable(w io.Writer) error {
 			}
 			holders[i] = fmt.Sprintf("%s (%s)", who, duration.HumanDuration(time.Duration(h.HeldSeconds)*time.Second))
 		}
-		halted := ""
-		if g.Halt != nil {
-			halted = g.Halt.String()
-		}
+		halted := haltList(g.Halts)
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", g.Name, g.Slots, len(g.Holders), dash(strings.Join(holders, ", ")), dash(halted))
 	}
 	fmt.Fprintln(tw)

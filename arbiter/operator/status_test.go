@@ -72,7 +72,7 @@ func TestWriteTable(t *testing.T) {
 		Groups: []Group{
 			{Name: "default", Slots: 1, Holders: []Holder{{ID: "abc", Node: "n1", Since: since, HeldSeconds: 90}}},
 			{Name: "outside", Slots: 2, Holders: []Holder{{ID: "def", Since: since, HeldSeconds: 3700}},
-				Halt: &lock.Halt{Reason: lock.HaltUpdateNotApplied, Node: "n3", Message: "back on 41.1"}},
+				Halts: []lock.Halt{{Reason: lock.HaltUpdateNotApplied, Node: "n3", Message: "back on 41.1"}}},
 		},
 		Nodes: []Node{
 			{Name: "n1", Group: "default", Status: annotations.StatusDraining, Unschedulable: true, Since: &since, Reason: "evicting pods", Credential: "yes"},

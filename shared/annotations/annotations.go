@@ -71,7 +71,7 @@ const (
 	// LockLastGrant is when a slot was last granted (RFC 3339 with
 	// nanoseconds), for the group's minimum gap.
 	LockLastGrant = "rebootmanager/last-grant"
-	// LockHalt, when set, holds the JSON record of why the group is halted:
+	// LockHalt, when set, holds the JSON list of why the group is halted:
 	// no slot is granted and no reboot approved until it is lifted.
 	LockHalt = "rebootmanager/halt"
 )
@@ -84,6 +84,9 @@ const (
 	StatusReady     = "Ready"
 	StatusDraining  = "Draining"
 	StatusRebooting = "Rebooting"
+	// StatusWaitingForVolumes: the node is empty; the volumes of its
+	// evicted pods are not yet detached.
+	StatusWaitingForVolumes = "WaitingForVolumes"
 	// StatusReturning: the node booted again, but is not yet Ready, or
 	// neither Zincati nor the agent has said the boot completed.
 	StatusReturning = "Returning"

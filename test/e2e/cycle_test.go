@@ -195,8 +195,8 @@ func TestCycleBackBeforeSteadyState(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	o := lockObject(t, ns, fleetlock.DefaultGroup)
-	if o.Halt == nil || o.Halt.Reason != lock.HaltBootFailed || o.Halt.Node != bad.name {
-		t.Fatalf("halt = %+v, want boot_failed on %s", o.Halt, bad.name)
+	if len(o.Halts) != 1 || o.Halts[0].Reason != lock.HaltBootFailed || o.Halts[0].Node != bad.name {
+		t.Fatalf("halts = %+v, want boot_failed on %s", o.Halts, bad.name)
 	}
 	if len(o.Holders) != 1 || o.Holders[0].Node != bad.name {
 		t.Errorf("holders = %+v, want the failed node's slot kept", o.Holders)
@@ -217,7 +217,7 @@ func TestCycleBackBeforeSteadyState(t *testing.T) {
 			return nil
 		})
 	}
-	if g := cliStatus(t, ns).Groups; len(g) == 0 || g[0].Halt == nil || g[0].Halt.Reason != lock.HaltBootFailed {
+	if g := cliStatus(t, ns).Groups; len(g) == 0 || len(g[0].Halts) != 1 || g[0].Halts[0].Reason != lock.HaltBootFailed {
 		t.Errorf("status groups = %+v, want default halted", g)
 	}
 	if out, _, _ := cli(t, ns, "status"); !strings.Contains(out, "boot_failed (node "+bad.name+")") {
@@ -253,7 +253,8 @@ func eventOnLock(ctx context.Context, t *testing.T, ns, group, reason string) {
 // TestCycleNoReboot: a steady-state after the approval from a node that
 // never went down (Zincati restarted; an operator by curl): the kubelet
 // keeps renewing its Lease on the same boot, and the slot is released
-// within 60 s.
+// within 60 s. A pre-reboot confirmed again in between voids the first
+// steady-state.
 func TestCycleNoReboot(t *testing.T) {
 	ctx := context.Background()
 	ns := cluster.Namespace(t)
@@ -261,6 +262,14 @@ func TestCycleNoReboot(t *testing.T) {
 	a := startArbiter(t, ns)
 	b := startArbiter(t, ns)
 	approveUntil(t, a, node, fleetlock.DefaultGroup, 30*time.Second)
+	// Zincati restarts, reports steady-state, finds its update staged and
+	// asks again: the repeat 200 voids the steady-state, for the node is
+	// about to reboot now.
+	must(t, b.steadyState(node.id, fleetlock.DefaultGroup))
+	must(t, a.preReboot(node.id, fleetlock.DefaultGroup))
+	if h := holders(t, ns, fleetlock.DefaultGroup); len(h) != 1 || h[0].SteadyStateAt != nil {
+		t.Fatalf("holders after a repeat approval = %+v, want the steady-state voided", h)
+	}
 	must(t, b.steadyState(node.id, fleetlock.DefaultGroup))
 	sent := time.Now()
 	time.Sleep(2 * time.Second)
@@ -281,8 +290,8 @@ func TestCycleNoReboot(t *testing.T) {
 		}
 		return nil
 	})
-	if o := lockObject(t, ns, fleetlock.DefaultGroup); o.Halt != nil {
-		t.Errorf("halted for a reboot that did not happen: %+v", o.Halt)
+	if o := lockObject(t, ns, fleetlock.DefaultGroup); len(o.Halts) != 0 {
+		t.Errorf("halted for a reboot that did not happen: %+v", o.Halts)
 	}
 }
 
@@ -337,8 +346,8 @@ func TestCycleUpdateNotApplied(t *testing.T) {
 	if err := b.preReboot(next.id, fleetlock.DefaultGroup); !fleetlock.IsKind(err, fleetlock.KindHalted) || !strings.Contains(err.Error(), "operator") {
 		t.Errorf("pre-reboot after pause = %v, want halted naming operator", err)
 	}
-	if out, _, code := cli(t, ns, "pause", fleetlock.DefaultGroup); code != 0 || !strings.Contains(out, "already halted") {
-		t.Errorf("a second pause says %q, want already halted", out)
+	if out, _, code := cli(t, ns, "pause", fleetlock.DefaultGroup); code != 0 || !strings.Contains(out, "already paused") {
+		t.Errorf("a second pause says %q, want already paused", out)
 	}
 	if out, errOut, code := cli(t, ns, "resume", fleetlock.DefaultGroup); code != 0 || !strings.Contains(out, "resumed") {
 		t.Fatalf("resume: exit %d: %s%s", code, out, errOut)
@@ -360,7 +369,7 @@ func TestCycleNotBack(t *testing.T) {
 	t.Cleanup(func() { _ = fixtures.BringBack(context.Background(), cluster.Client, node.name, kubelet) })
 	eventOn(ctx, t, node.name, "NodeNotBack")
 	o := lockObject(t, ns, fleetlock.DefaultGroup)
-	if o.Halt == nil || o.Halt.Reason != lock.HaltNotBack || len(o.Holders) != 1 {
+	if len(o.Halts) != 1 || o.Halts[0].Reason != lock.HaltNotBack || len(o.Holders) != 1 {
 		t.Fatalf("lock object = %+v, want halted not_back, the slot held", o)
 	}
 	if n := getNode(t, node.name); !n.Spec.Unschedulable {
@@ -375,8 +384,8 @@ func TestCycleNotBack(t *testing.T) {
 		}
 		return nil
 	})
-	if o := lockObject(t, ns, fleetlock.DefaultGroup); o.Halt == nil || o.Halt.Reason != lock.HaltNotBack {
-		t.Errorf("halt after the late return = %+v, want not_back kept until resume", o.Halt)
+	if o := lockObject(t, ns, fleetlock.DefaultGroup); len(o.Halts) != 1 || o.Halts[0].Reason != lock.HaltNotBack {
+		t.Errorf("halts after the late return = %+v, want not_back kept until resume", o.Halts)
 	}
 }
 
