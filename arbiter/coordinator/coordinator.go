@@ -22,6 +22,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
+	"github.com/rebootmanager/reboot-manager/arbiter/volumes"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
@@ -38,6 +39,8 @@ type Nodes interface {
 	StartDrain(ctx context.Context, from *corev1.Node, group, holding string) error
 	// MarkRebooting mirrors an approval.
 	MarkRebooting(ctx context.Context, name, bootID string) error
+	// SetPhase shows the phase of the holding's cycle on the node.
+	SetPhase(ctx context.Context, name, holding, phase string) error
 	// SetWaiting shows why a pre-reboot was turned away ("" clears it).
 	SetWaiting(ctx context.Context, name, reason string) error
 	// Finish ends the holding's cycle on the node: uncordon if ours, Ready.
@@ -53,6 +56,7 @@ type Lock interface {
 	Acquire(ctx context.Context, group string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error)
 	Get(ctx context.Context, group string) (lock.Object, error)
 	Advance(ctx context.Context, group, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error)
+	SteadyState(ctx context.Context, group string, match func(lock.Holder) bool, now time.Time) (released, kept []lock.Holder, err error)
 	Approve(ctx context.Context, group, id string, since time.Time, nodeUID types.UID, a lock.Approval) (lock.Holder, bool, error)
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
 	// Fresh lists every group's lock object from the API server.
@@ -64,7 +68,10 @@ type Lock interface {
 
 // Drainer empties nodes.
 type Drainer interface {
+	// Pending lists, fresh, the pods that must still leave the node.
 	Pending(ctx context.Context, node string) (drain.Pending, error)
+	// Attached returns, fresh, the volumes still attached to the node.
+	Attached(ctx context.Context, node string, vols []lock.Volume) ([]lock.Volume, error)
 	Enqueue(node string)
 }
 
@@ -121,6 +128,10 @@ type Config struct {
 	// MaxGroups caps the lock objects that hosts outside the cluster may
 	// bring into being by naming new groups (default 64).
 	MaxGroups int
+	// VolumeDetachTimeout, when positive, bounds the wait for the evicted
+	// pods' volumes to be detached once they are unmounted; after it the
+	// reboot is approved with a VolumeDetachTimeout Warning Event.
+	VolumeDetachTimeout time.Duration
 }
 
 // Coordinator decides FleetLock requests.
@@ -440,7 +451,13 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			}
 		}
 		rebooted := h.Approval != nil && n.Status.NodeInfo.BootID != h.Approval.BootID
-		st := decide(h, identified, rebooted, cordoned, pending)
+		volumesLeft := ""
+		if identified && cordoned && pending.Done() && h.Stage() != lock.PhaseApproved && len(h.Volumes) > 0 {
+			if h, volumesLeft, err = c.volumesLeft(ctx, log, p, h); err != nil {
+				return c.failed(ctx, log, "check the evicted pods' volumes", err)
+			}
+		}
+		st := decide(h, identified, rebooted, cordoned, pending, volumesLeft == "")
 		log.Debug("pre-reboot step", "step", st.String(), "phase", h.Stage(), "cordoned", cordoned, "pods", len(pending.Pods))
 		switch st {
 		case stepRefuse:
@@ -452,8 +469,16 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			// Recursive: approved before, and the node is still cordoned and
 			// empty. Read the lock again after the node and its pods: a
 			// release since the first read is never confirmed.
-			if h, err = c.advance(ctx, p, h, func(*lock.Holder) {}); err != nil {
+			// A steady-state recorded since (Zincati restarted on this boot
+			// and asks again) is void now: the node is about to reboot, and
+			// must not be taken for one that never went down.
+			if h, err = c.advance(ctx, p, h, func(r *lock.Holder) {
+				r.SteadyStateAt, r.BackAt, r.BackBootID = nil, nil, ""
+			}); err != nil {
 				return c.failed(ctx, log, "confirm the slot", err)
+			}
+			if h.Stage() != lock.PhaseApproved {
+				continue // changed under us: decide again
 			}
 			c.mirrorApproval(ctx, log, h)
 			return nil
@@ -464,10 +489,16 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			// still ours a moment before the cordon. (A release landing in
 			// between leaves a cordon with this holding's mark, which the
 			// reconciler removes.)
+			decided := h.Stage()
 			if h, err = c.advance(ctx, p, h, func(r *lock.Holder) {
-				r.Phase, r.Approval = lock.PhaseDraining, nil
+				if r.Stage() == decided {
+					r.Phase, r.Approval = lock.PhaseDraining, nil
+				}
 			}); err != nil {
 				return c.failed(ctx, log, "record the drain", err)
+			}
+			if h.Stage() != lock.PhaseDraining {
+				continue // approved meanwhile through another replica: decide again
 			}
 			if err := c.nodes.StartDrain(ctx, n, p.Group, h.Holding(p.Group)); err != nil {
 				return c.failed(ctx, log, "cordon the node", err)
@@ -478,21 +509,71 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			}
 		case stepWait:
 			c.drainer.Enqueue(h.Node)
+		case stepVolumes:
+			if err := c.nodes.SetPhase(ctx, h.Node, h.Holding(p.Group), annotations.StatusWaitingForVolumes); err != nil {
+				log.Debug("showing the wait for volumes failed", "err", err)
+			}
+		}
+		answer := func() error {
+			if st == stepVolumes {
+				return fleetlock.Errorf(fleetlock.KindDrainInProgress, "no pods remain; %s", volumesLeft)
+			}
+			return c.draining(log, p, h.Node, pending)
 		}
 		if deadline == nil {
-			return c.draining(log, p, h.Node, pending)
+			return answer()
 		}
 		t := time.NewTimer(c.cfg.DrainPoll)
 		select {
 		case <-t.C:
 		case <-deadline:
 			t.Stop()
-			return c.draining(log, p, h.Node, pending)
+			return answer()
 		case <-ctx.Done():
 			t.Stop()
 			return interrupted(ctx, log)
 		}
 	}
+}
+
+// volumesLeft says what the reboot of h's node still waits for among the
+// volumes of the pods its drain evicted, or "" when nothing. Inputs and
+// their freshness: the volumes from the holder's record (as the caller's
+// CAS returned it); the Node's volumesInUse by a consistent GET made after
+// the pods were listed gone; the VolumeAttachments by a consistent LIST.
+// The first time no volume is in use is recorded by CAS, and bounds the
+// wait for the detach by VolumeDetachTimeout.
+func (c *Coordinator) volumesLeft(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, h lock.Holder) (lock.Holder, string, error) {
+	n, err := c.nodes.Fresh(ctx, h.Node)
+	if err != nil {
+		return h, "", err
+	}
+	if inUse := volumes.InUse(n, h.Volumes); len(inUse) > 0 {
+		return h, fmt.Sprintf("waiting for the volumes of evicted pods to be unmounted (still in the node's volumesInUse): %s",
+			strings.Join(volumes.Names(inUse), ", ")), nil
+	}
+	if h.UnmountedAt == nil {
+		now := c.now().UTC()
+		if h, err = c.advance(ctx, p, h, func(r *lock.Holder) {
+			if r.UnmountedAt == nil {
+				r.UnmountedAt = &now
+			}
+		}); err != nil {
+			return h, "", err
+		}
+	}
+	attached, err := c.drainer.Attached(ctx, h.Node, h.Volumes)
+	if err != nil || len(attached) == 0 {
+		return h, "", err
+	}
+	names := strings.Join(volumes.Names(attached), ", ")
+	if t := c.cfg.VolumeDetachTimeout; t > 0 && c.now().Sub(*h.UnmountedAt) > t {
+		log.Warn("volumes still attached after the detach timeout; approving, they are unmounted", "volumes", names, "timeout", t)
+		c.nodes.Event(n, corev1.EventTypeWarning, "VolumeDetachTimeout",
+			"volumes %s still attached %s after they were unmounted; rebooting anyway: the attach/detach controller detaches them once the node is back, or force-detaches them after 6 minutes NotReady", names, t)
+		return h, "", nil
+	}
+	return h, fmt.Sprintf("waiting for the VolumeAttachments of volumes of evicted pods to be deleted (detached): %s", names), nil
 }
 
 // approve records the approval in the lock object, with what the node is
@@ -519,6 +600,11 @@ func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock
 	}
 	if err != nil {
 		return c.failed(ctx, log, "record the approval", err)
+	}
+	if !mine && rec.Approval != nil && rec.Approval.BootID != n.Status.NodeInfo.BootID {
+		// Approved meanwhile through another replica, and rebooted since.
+		return fleetlock.Errorf(fleetlock.KindLockHeld,
+			"node %s rebooted since its reboot was approved; its slot passes on once it is back, and a new reboot needs a new slot", h.Node)
 	}
 	if mine {
 		// The approving replica is the one place that saw the node empty
@@ -675,39 +761,25 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 
 	// A holder approved for a reboot on a Node ends its cycle only once a
 	// fresh read shows that node back (see package finish): the
-	// steady-state is recorded for that decision, and releases nothing.
-	returning := func(h lock.Holder) bool { return h.Node != "" && h.Stage() == lock.PhaseApproved }
-	held := map[string]bool{} // nodes whose approved slot stays held
-	for group, holders := range all {
+	// steady-state is recorded for that decision. Any other match is
+	// released. Both are decided in one CAS per group, on its own read.
+	named := map[string]bool{} // nodes some holder names, in any phase
+	for _, holders := range all {
 		for _, h := range holders {
-			if !match(h) || !returning(h) {
-				continue
-			}
-			held[h.Node] = true
-			if h.SteadyStateAt != nil && (h.Approval == nil || !h.SteadyStateAt.Before(h.Approval.At)) {
-				continue
-			}
-			now := c.now().UTC()
-			_, err := c.lock.Advance(ctx, group, h.ID, h.Since, func(r *lock.Holder) {
-				if r.Stage() == lock.PhaseApproved {
-					r.SteadyStateAt = &now
-				}
-			})
-			if err != nil && !errors.Is(err, lock.ErrNotHolder) {
-				return failure(log.With("lock_group", group), "record the steady-state", err)
-			}
-			log.Info("steady-state recorded; the slot is released once the node is back", "lock_group", group, "holder_node", h.Node)
+			named[h.Node] = true
 		}
 	}
-	release := func(h lock.Holder) bool { return match(h) && !returning(h) }
 	finish := map[string]string{} // node → the holding whose cycle ends
 	for group, holders := range all {
-		if !slices.ContainsFunc(holders, release) {
+		if !slices.ContainsFunc(holders, match) {
 			continue
 		}
-		gone, err := c.lock.ReleaseMatching(ctx, group, release)
+		gone, kept, err := c.lock.SteadyState(ctx, group, match, c.now())
 		if err != nil {
-			return failure(log.With("lock_group", group), "release the reboot slot", err)
+			return failure(log.With("lock_group", group), "apply the steady-state to the reboot slot", err)
+		}
+		for _, h := range kept {
+			log.Info("steady-state recorded; the slot is released once the node is back", "lock_group", group, "holder_node", h.Node)
 		}
 		for _, h := range gone {
 			log.Info("slot released", "lock_group", group, "holder_node", h.Node, "holder", h.Who(), "phase", h.Stage())
@@ -716,7 +788,7 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 			}
 		}
 	}
-	if node != nil && nodes.InCycle(node) && !held[node.Name] {
+	if node != nil && nodes.InCycle(node) && !named[node.Name] {
 		if _, ok := finish[node.Name]; !ok {
 			// No slot held, fresh: a leftover of a cycle, ended unless a new
 			// one has started since the cache saw it.

@@ -41,6 +41,10 @@ type fake struct {
 	// freshHash is the credential hash the fresh node carries, though the
 	// cache shows none.
 	freshHash string
+	// inUse are the fresh node's volumesInUse; attached the volumes still
+	// attached.
+	inUse    []corev1.UniqueVolumeName
+	attached []lock.Volume
 }
 
 func (f *fake) call(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.Unlock() }
@@ -66,7 +70,15 @@ func (f *fake) Fresh(_ context.Context, name string) (*corev1.Node, error) {
 		ann[annotations.CredentialSHA256] = f.freshHash
 	}
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann, Labels: map[string]string{annotations.GroupLabel: "g"}}, Spec: corev1.NodeSpec{Unschedulable: f.cordoned},
-		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: "boot-1"}}}, nil
+		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: "boot-1"}, VolumesInUse: f.inUse}}, nil
+}
+func (f *fake) SetPhase(_ context.Context, _, _, phase string) error {
+	f.call("SetPhase(" + phase + ")")
+	return nil
+}
+func (f *fake) Attached(context.Context, string, []lock.Volume) ([]lock.Volume, error) {
+	f.call("Attached")
+	return f.attached, nil
 }
 func (f *fake) StartDrain(_ context.Context, _ *corev1.Node, _, holding string) error {
 	f.call("StartDrain")
@@ -139,6 +151,14 @@ func holding(id, node string, phase lock.Phase) []lock.Holder {
 	return []lock.Holder{{ID: id, Node: node, Phase: phase, Since: time.Unix(1, 0)}}
 }
 
+// withVolumes gives holders an evicted pod's volume, pv1.
+func withVolumes(hs []lock.Holder) []lock.Holder {
+	for i := range hs {
+		hs[i].Volumes = []lock.Volume{{PV: "pv1", UniqueName: "kubernetes.io/csi/d^h1"}}
+	}
+	return hs
+}
+
 var onePod = drain.Pending{Pods: []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p"}}}}
 
 // TestDecide covers every combination of the decision's fresh inputs.
@@ -147,7 +167,7 @@ func TestDecide(t *testing.T) {
 	pendings := map[string]drain.Pending{
 		"empty": {}, "pods": onePod, "unevictable": {Problems: []string{"no controller"}},
 	}
-	want := func(p lock.Phase, identified, rebooted, cordoned bool, pods string) step {
+	want := func(p lock.Phase, identified, rebooted, cordoned bool, pods string, volumesClear bool) step {
 		switch {
 		case !identified:
 			return stepRefuse
@@ -161,6 +181,8 @@ func TestDecide(t *testing.T) {
 			return stepCordon
 		case p == lock.PhaseApproved:
 			return stepConfirm
+		case !volumesClear:
+			return stepVolumes
 		}
 		return stepApprove
 	}
@@ -170,15 +192,17 @@ func TestDecide(t *testing.T) {
 			for _, rebooted := range []bool{false, true} {
 				for _, cordoned := range []bool{false, true} {
 					for name, pending := range pendings {
-						got := decide(lock.Holder{Phase: p}, identified, rebooted, cordoned, pending)
-						if w := want(p, identified, rebooted, cordoned, name); got != w {
-							t.Errorf("decide(phase %q, identified %v, rebooted %v, cordoned %v, %s) = %s, want %s", p, identified, rebooted, cordoned, name, got, w)
-						}
-						if got == stepApprove || got == stepConfirm {
-							approvals++
-							if !identified || !cordoned || !pending.Done() || (rebooted && p == lock.PhaseApproved) {
-								t.Errorf("decide(phase %q, identified %v, rebooted %v, cordoned %v, %s) = %s: a 200 for a node not identified, cordoned and empty, or a second one after its reboot",
-									p, identified, rebooted, cordoned, name, got)
+						for _, vc := range []bool{false, true} {
+							got := decide(lock.Holder{Phase: p}, identified, rebooted, cordoned, pending, vc)
+							if w := want(p, identified, rebooted, cordoned, name, vc); got != w {
+								t.Errorf("decide(phase %q, identified %v, rebooted %v, cordoned %v, %s, volumes clear %v) = %s, want %s", p, identified, rebooted, cordoned, name, vc, got, w)
+							}
+							if got == stepApprove || got == stepConfirm {
+								approvals++
+								if !identified || !cordoned || !pending.Done() || (rebooted && p == lock.PhaseApproved) || (got == stepApprove && !vc) {
+									t.Errorf("decide(phase %q, identified %v, rebooted %v, cordoned %v, %s, volumes clear %v) = %s: a 200 for a node not identified, cordoned and empty, with volumes attached, or a second one after its reboot",
+										p, identified, rebooted, cordoned, name, vc, got)
+								}
 							}
 						}
 					}
@@ -186,9 +210,10 @@ func TestDecide(t *testing.T) {
 			}
 		}
 	}
-	// Identified, cordoned and empty: one per phase and rebooted value,
-	// less the approved holder that rebooted since.
-	if want := 2*len(phases) - 1; approvals != want {
+	// Identified, cordoned and empty: per rebooted value, the three phases
+	// before an approval with their volumes clear, and the approved one
+	// (which no longer looks at volumes) unless it rebooted since.
+	if want := 2*(len(phases)-1) + 2; approvals != want {
 		t.Errorf("%d combinations answer 200, want %d", approvals, want)
 	}
 }
@@ -229,13 +254,23 @@ func TestPreReboot(t *testing.T) {
 		{"holder: gate skipped on the fresh lock", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, gateErr: errors.New("x")}, false,
 			"", "", "Acquire Fresh Pending LookupFresh Advance(Approved) Event(Drained) MarkRebooting", lock.PhaseApproved},
 		{"halted group, new holder: refused before the gate", &fake{found: []*corev1.Node{n1}, memLock: memLock{halt: &lock.Halt{Reason: lock.HaltBootFailed, Node: "n9", Message: "boot failed"}}}, false,
-			fleetlock.KindHalted, "boot_failed (node n9)", "Acquire SetWaiting(" + (&lock.HaltedError{Group: "g", Halt: lock.Halt{Reason: lock.HaltBootFailed, Node: "n9", Message: "boot failed"}}).Error() + ")", ""},
+			fleetlock.KindHalted, "boot_failed (node n9)", "Acquire SetWaiting(" + (&lock.HaltedError{Group: "g", Halts: []lock.Halt{{Reason: lock.HaltBootFailed, Node: "n9", Message: "boot failed"}}}).Error() + ")", ""},
 		{"halted group, draining holder, empty node: no approval", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true,
 			memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining), halt: &lock.Halt{Reason: lock.HaltOperator, Message: "paused"}}}, false,
 			fleetlock.KindHalted, "operator", "Acquire Fresh Pending LookupFresh", lock.PhaseDraining},
 		{"halted group, already approved: the repeat 200 stands", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true,
 			memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), halt: &lock.Halt{Reason: lock.HaltOperator, Message: "paused"}}}, false,
 			"", "", "Acquire Fresh Pending MarkRebooting", lock.PhaseApproved},
+		{"empty, an evicted pod's volume still in use: 423 naming it", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true,
+			inUse:   []corev1.UniqueVolumeName{"kubernetes.io/csi/d^h1"},
+			memLock: memLock{holders: withVolumes(holding("id", "n1", lock.PhaseDraining))}}, false,
+			fleetlock.KindDrainInProgress, "volumesInUse): pv1", "Acquire Fresh Pending Fresh SetPhase(WaitingForVolumes)", lock.PhaseDraining},
+		{"empty, unmounted, still attached: 423 naming the VolumeAttachment", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, attached: []lock.Volume{{PV: "pv1"}},
+			memLock: memLock{holders: withVolumes(holding("id", "n1", lock.PhaseDraining))}}, false,
+			fleetlock.KindDrainInProgress, "VolumeAttachments of volumes of evicted pods to be deleted (detached): pv1", "Acquire Fresh Pending Fresh Attached SetPhase(WaitingForVolumes)", lock.PhaseDraining},
+		{"empty, volumes detached: approved", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true,
+			memLock: memLock{holders: withVolumes(holding("id", "n1", lock.PhaseDraining))}}, false,
+			"", "", "Acquire Fresh Pending Fresh Attached LookupFresh Advance(Approved) Event(Drained) MarkRebooting", lock.PhaseApproved},
 		{"lock contention fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrContention}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
 		{"newer lock schema fails closed", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: lock.ErrNewerSchema}}, false, fleetlock.KindUnavailable, "", "Acquire", ""},
 		{"lock error", &fake{found: []*corev1.Node{n1}, memLock: memLock{err: errors.New("boom")}}, false, fleetlock.KindInternal, "boom", "Acquire", ""},
@@ -333,18 +368,20 @@ func TestSteadyState(t *testing.T) {
 		{"unknown non-holder", &fake{}, "", "List", 0},
 		{"holder outside the cluster, no token configured: kept", &fake{memLock: memLock{holders: holding("id", "", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List", 1},
 		{"approved holder: the steady-state is recorded, the slot kept for the node's return", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}},
-			"", "List Fresh Advance(SteadyState)", 1},
-		{"draining holder (Zincati gave up the reboot): released, then finished", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, "", "List Fresh ReleaseMatching Finish(n1)", 0},
-		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "List Fresh Advance(SteadyState)", 1},
+			"", "List Fresh SteadyState", 1},
+		{"draining holder (Zincati gave up the reboot): released, then finished", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, "", "List Fresh SteadyState Finish(n1)", 0},
+		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "List Fresh SteadyState", 1},
 		{"ambiguous id: only the id's own holding", &fake{found: []*corev1.Node{n1, node("n2", "")}, memLock: memLock{holders: append(holding("id", "n2", lock.PhaseDraining), holding("x", "n1", lock.PhaseDraining)...)}},
-			"", "List Fresh ReleaseMatching Finish(n2)", 1},
+			"", "List Fresh SteadyState Finish(n2)", 1},
+		{"approved holder, the cache still shows it draining: kept, never uncordoned", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}},
+			"", "List Fresh Fresh SteadyState", 1},
 		{"node mirror in cycle, nothing held: finished", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}}, "", "List Fresh Finish(n1)", 0},
 		{"lock list fails: not 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), err: errors.New("down")}}, fleetlock.KindInternal, "List", 1},
 		{"the cache shows no credential, the fresh holder node does: refused, nothing released", &fake{found: []*corev1.Node{n1}, freshHash: credential.Hash("secret"),
 			memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List Fresh", 1},
 		{"ambiguous id: the holder node's fresh credential decides", &fake{found: []*corev1.Node{n1, node("n2", "")}, freshHash: credential.Hash("secret"),
 			memLock: memLock{holders: holding("id", "n2", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List Fresh", 1},
-		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "List Fresh ReleaseMatching Finish(n1)", 0},
+		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "List Fresh SteadyState Finish(n1)", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -26,10 +26,13 @@ const (
 	// stepReturned: the approved reboot has happened; its cycle ends when
 	// the node is back (package finish), never with another 200.
 	stepReturned
+	// stepVolumes: the pods are gone, their volumes not yet detached:
+	// answer 423 (or wait).
+	stepVolumes
 )
 
 func (s step) String() string {
-	return [...]string{"cordon", "wait", "approve", "confirm", "refuse", "returned"}[s]
+	return [...]string{"cordon", "wait", "approve", "confirm", "refuse", "returned", "volumes"}[s]
 }
 
 // decide is the pre-reboot decision for a node whose id holds a slot. It is
@@ -43,7 +46,10 @@ func (s step) String() string {
 //   - rebooted, whether that GET shows another boot id than the one the
 //     approval recorded (false before an approval);
 //   - cordoned, the node's spec.unschedulable from the same GET;
-//   - pending, the node's pods from a consistent LIST made after that GET.
+//   - pending, the node's pods from a consistent LIST made after that GET;
+//   - volumesClear, whether the volumes of the pods the drain evicted are
+//     all detached (or the wait for their detach has timed out), read
+//     after that LIST (see Coordinator.volumesLeft).
 //
 // It never reads a cache or a node annotation: those lag, and a 200 lets
 // Zincati reboot. A holder new in this request (PhaseTaken) is always
@@ -51,7 +57,7 @@ func (s step) String() string {
 // already unschedulable; every approval needs the node cordoned and empty,
 // and is given once per boot: a node that rebooted since its approval asks
 // again only when its update failed, and its cycle must end first.
-func decide(h lock.Holder, identified, rebooted, cordoned bool, pending drain.Pending) step {
+func decide(h lock.Holder, identified, rebooted, cordoned bool, pending drain.Pending, volumesClear bool) step {
 	switch {
 	case !identified:
 		return stepRefuse
@@ -66,6 +72,8 @@ func decide(h lock.Holder, identified, rebooted, cordoned bool, pending drain.Pe
 		return stepCordon
 	case h.Stage() == lock.PhaseApproved:
 		return stepConfirm
+	case !volumesClear:
+		return stepVolumes
 	default:
 		return stepApprove
 	}

@@ -50,7 +50,7 @@ func (m *memLock) Acquire(_ context.Context, _ string, h lock.Holder, lim lock.L
 	}
 	if m.halt != nil {
 		defer m.mu.Unlock()
-		return lock.Result{}, &lock.HaltedError{Group: "g", Halt: *m.halt}
+		return lock.Result{}, &lock.HaltedError{Group: "g", Halts: []lock.Halt{*m.halt}}
 	}
 	m.mu.Unlock()
 	if admit != nil {
@@ -113,9 +113,36 @@ func (m *memLock) Approve(ctx context.Context, group, id string, since time.Time
 		h.Phase, h.NodeUID, h.Approval = lock.PhaseApproved, uid, &a
 	})
 	if err == nil && !mine && halt != nil && h.Stage() != lock.PhaseApproved {
-		return lock.Holder{}, false, &lock.HaltedError{Group: group, Halt: *halt}
+		return lock.Holder{}, false, &lock.HaltedError{Group: group, Halts: []lock.Halt{*halt}}
 	}
 	return h, mine, err
+}
+
+func (m *memLock) SteadyState(_ context.Context, _ string, match func(lock.Holder) bool, now time.Time) ([]lock.Holder, []lock.Holder, error) {
+	m.mu.Lock()
+	m.calls = append(m.calls, "SteadyState")
+	if m.err != nil {
+		defer m.mu.Unlock()
+		return nil, nil, m.err
+	}
+	var gone, kept []lock.Holder
+	m.holders = slices.DeleteFunc(m.holders, func(x lock.Holder) bool {
+		if match(x) && (x.Node == "" || x.Stage() != lock.PhaseApproved) {
+			gone = append(gone, x)
+			return true
+		}
+		return false
+	})
+	for i, x := range m.holders {
+		if match(x) {
+			x.SteadyStateAt = &now
+			m.holders[i] = x
+			kept = append(kept, x)
+		}
+	}
+	m.mu.Unlock()
+	m.changed()
+	return gone, kept, nil
 }
 
 func (m *memLock) ReleaseMatching(_ context.Context, _ string, match func(lock.Holder) bool) ([]lock.Holder, error) {
@@ -169,10 +196,14 @@ func (noNodes) Fresh(context.Context, string) (*corev1.Node, error) {
 func (noNodes) StartDrain(context.Context, *corev1.Node, string, string) error { return nil }
 func (noNodes) MarkRebooting(context.Context, string, string) error            { return nil }
 func (noNodes) SetWaiting(context.Context, string, string) error               { return nil }
-func (noNodes) Finish(context.Context, string, string) error                   { return nil }
-func (noNodes) Event(*corev1.Node, string, string, string, ...any)             {}
-func (noNodes) Pending(context.Context, string) (drain.Pending, error)         { return drain.Pending{}, nil }
-func (noNodes) Enqueue(string)                                                 {}
+func (noNodes) SetPhase(context.Context, string, string, string) error         { return nil }
+func (noNodes) Attached(context.Context, string, []lock.Volume) ([]lock.Volume, error) {
+	return nil, nil
+}
+func (noNodes) Finish(context.Context, string, string) error           { return nil }
+func (noNodes) Event(*corev1.Node, string, string, string, ...any)     {}
+func (noNodes) Pending(context.Context, string) (drain.Pending, error) { return drain.Pending{}, nil }
+func (noNodes) Enqueue(string)                                         {}
 
 type oneSlot struct{}
 
@@ -369,6 +400,10 @@ func (d *drainingNode) MarkRebooting(context.Context, string, string) error {
 	return nil
 }
 
+func (d *drainingNode) SetPhase(context.Context, string, string, string) error { return nil }
+func (d *drainingNode) Attached(context.Context, string, []lock.Volume) ([]lock.Volume, error) {
+	return nil, nil
+}
 func (d *drainingNode) Pending(context.Context, string) (drain.Pending, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -27,6 +27,7 @@ import (
 	kubectldrain "k8s.io/kubectl/pkg/drain"
 
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
+	"github.com/rebootmanager/reboot-manager/arbiter/volumes"
 )
 
 // Config tunes the drain.
@@ -68,6 +69,15 @@ type Cycle interface {
 	Draining(ctx context.Context, node string) (group string, h lock.Holder, ok bool, err error)
 	// DrainingNodes lists every node whose holder is Draining.
 	DrainingNodes(ctx context.Context) ([]string, error)
+	// Advance changes the holding's record by compare-and-swap.
+	Advance(ctx context.Context, group, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error)
+}
+
+// Volumes resolves the PersistentVolumes a pod uses, and says which are
+// still attached to a node (package volumes).
+type Volumes interface {
+	Of(ctx context.Context, pod *corev1.Pod) ([]lock.Volume, error)
+	Attached(ctx context.Context, node string, vols []lock.Volume) ([]lock.Volume, error)
 }
 
 // Pending is what stands between a node and its reboot.
@@ -111,21 +121,23 @@ func (p Pending) String() string {
 
 // Drainer evicts the pods of nodes whose slot holder is Draining.
 type Drainer struct {
-	client kubernetes.Interface
-	nodes  Nodes
-	cycle  Cycle
-	cfg    Config
-	log    *slog.Logger
-	now    func() time.Time
+	client  kubernetes.Interface
+	nodes   Nodes
+	cycle   Cycle
+	volumes Volumes
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
 
 	mu       sync.Mutex
 	queue    workqueue.TypedRateLimitingInterface[string] // nil between Runs
 	reported map[string]string                            // node → the last state reported by Event
 	since    map[string]map[types.UID]time.Time           // node → pod → when the drain first met it
+	podVols  map[string]map[types.UID][]lock.Volume       // node → pod → its volumes, once resolved
 }
 
 // New returns a Drainer. Call Run to start it.
-func New(client kubernetes.Interface, nodes Nodes, cycle Cycle, cfg Config, log *slog.Logger) *Drainer {
+func New(client kubernetes.Interface, nodes Nodes, cycle Cycle, vols Volumes, cfg Config, log *slog.Logger) *Drainer {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 10
 	}
@@ -136,11 +148,13 @@ func New(client kubernetes.Interface, nodes Nodes, cycle Cycle, cfg Config, log 
 		client:   client,
 		nodes:    nodes,
 		cycle:    cycle,
+		volumes:  vols,
 		cfg:      cfg,
 		log:      log,
 		now:      time.Now,
 		reported: map[string]string{},
 		since:    map[string]map[types.UID]time.Time{},
+		podVols:  map[string]map[types.UID][]lock.Volume{},
 	}
 }
 
@@ -176,6 +190,12 @@ func (d *Drainer) Pending(ctx context.Context, node string) (Pending, error) {
 		p.Problems = append(p.Problems, err.Error())
 	}
 	return p, nil
+}
+
+// Attached returns, from a consistent list of the VolumeAttachments, the
+// volumes still attached to node.
+func (d *Drainer) Attached(ctx context.Context, node string, vols []lock.Volume) ([]lock.Volume, error) {
+	return d.volumes.Attached(ctx, node, vols)
 }
 
 func skipTerminal(pod corev1.Pod) kubectldrain.PodDeleteStatus {
@@ -317,6 +337,11 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 		return finished, d.nodes.SetDrainMessage(ctx, name, "")
 	}
 
+	// Record the pods' volumes before they go: the reboot waits for them
+	// to be detached, and a pod that is gone names none.
+	if err := d.recordVolumes(ctx, group, holder, pending.Pods); err != nil {
+		return finished, err
+	}
 	blocked, evicted := d.evict(ctx, log, pending.Pods)
 	res := stalled
 	if evicted > 0 {
@@ -347,6 +372,42 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// recordVolumes adds the PersistentVolumes of pods to the holder's record,
+// by compare-and-swap, before any of them is evicted. A pod's volumes are
+// resolved once.
+func (d *Drainer) recordVolumes(ctx context.Context, group string, h lock.Holder, pods []corev1.Pod) error {
+	var vols []lock.Volume
+	for i := range pods {
+		p := &pods[i]
+		d.mu.Lock()
+		pv, ok := d.podVols[h.Node][p.UID]
+		d.mu.Unlock()
+		if !ok {
+			var err error
+			if pv, err = d.volumes.Of(ctx, p); err != nil {
+				return err
+			}
+			d.mu.Lock()
+			if d.podVols[h.Node] == nil {
+				d.podVols[h.Node] = map[types.UID][]lock.Volume{}
+			}
+			d.podVols[h.Node][p.UID] = pv
+			d.mu.Unlock()
+		}
+		vols = append(vols, pv...)
+	}
+	if _, added := volumes.Merge(slices.Clone(h.Volumes), vols); !added {
+		return nil
+	}
+	_, err := d.cycle.Advance(ctx, group, h.ID, h.Since, func(r *lock.Holder) {
+		r.Volumes, _ = volumes.Merge(r.Volumes, vols)
+	})
+	if err != nil {
+		return fmt.Errorf("record the volumes of the pods to evict: %w", err)
+	}
+	return nil
 }
 
 // evict sends one eviction for each pod not yet terminating, the arbiter's
@@ -484,5 +545,6 @@ func (d *Drainer) forget(name string) {
 	delete(d.reported, name)
 	delete(d.reported, name+"/timeout")
 	delete(d.reported, name+"/stuck")
+	delete(d.podVols, name)
 	delete(d.since, name)
 }

@@ -45,6 +45,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter/nodes"
 	"github.com/rebootmanager/reboot-manager/arbiter/reconcile"
 	"github.com/rebootmanager/reboot-manager/arbiter/tokens"
+	"github.com/rebootmanager/reboot-manager/arbiter/volumes"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/envflag"
 	"github.com/rebootmanager/reboot-manager/shared/kubeclient"
@@ -72,6 +73,7 @@ type config struct {
 	reconcileInterval time.Duration
 	maxHold           time.Duration
 	maxDowntime       time.Duration
+	volumeDetach      time.Duration
 	leaderElection    bool
 	leaseName         string
 	identity          string
@@ -106,6 +108,7 @@ func parse(args []string) (config, error) {
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", 30*time.Second, "how often to release slots of deleted nodes and clean up leftover cordons")
 	fs.DurationVar(&c.maxHold, "max-hold", 2*time.Hour, "slot holding time after which the holder gets a LockHeldTooLong Warning Event and counts in rebootmanager_slots_overdue; the slot is never released automatically (0 disables)")
 	fs.DurationVar(&c.maxDowntime, "max-downtime", time.Hour, "time from a reboot's approval within which the node must be back; after it the group halts with not_back and the slot stays held (0 disables)")
+	fs.DurationVar(&c.volumeDetach, "volume-detach-timeout", 5*time.Minute, "how long a drained node's reboot waits, once its evicted pods' volumes are unmounted, for their VolumeAttachments to go; after it the reboot is approved with a VolumeDetachTimeout Warning Event (0: wait for ever)")
 	fs.BoolVar(&c.leaderElection, "leader-election", true, "run the drainer and reconciler only on the elected replica")
 	fs.StringVar(&c.leaseName, "leader-election-lease", "reboot-manager-arbiter", "name of the leader-election Lease")
 	fs.StringVar(&c.identity, "pod-name", "", "this pod's name, from the downward API (its own pod is evicted last)")
@@ -131,8 +134,8 @@ func parse(args []string) (config, error) {
 	if c.maxWait < 0 || c.maxWait >= 30*time.Minute {
 		return c, errors.New("-max-wait must be at least 0 and under Zincati's 30-minute request timeout")
 	}
-	if c.maxHold < 0 || c.maxDowntime < 0 {
-		return c, errors.New("-max-hold and -max-downtime must not be negative")
+	if c.maxHold < 0 || c.maxDowntime < 0 || c.volumeDetach < 0 {
+		return c, errors.New("-max-hold, -max-downtime and -volume-detach-timeout must not be negative")
 	}
 	if c.maxGroups < 1 {
 		return c, errors.New("-max-groups must be at least 1")
@@ -218,7 +221,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	directory := nodes.New(client, nodeInformer, recorder)
 	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace)
 	cfg.drain.Metrics = drain.NewMetrics(registry)
-	drainer := drain.New(client, directory, semaphore, cfg.drain, log)
+	vols := volumes.NewReader(client)
+	drainer := drain.New(client, directory, semaphore, vols, cfg.drain, log)
 	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
 		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
 	}, log)
@@ -230,7 +234,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}, coordinator.Config{
 		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, MaxGroups: cfg.maxGroups,
 		SourceBinding: cfg.sourceBinding, SourcePodBridge: cfg.sourcePodBridge,
-		RequireNodeCredential: cfg.requireCredential, Token: tokenStore.For,
+		RequireNodeCredential: cfg.requireCredential, Token: tokenStore.For, VolumeDetachTimeout: cfg.volumeDetach,
 	}, coordinator.NewMetrics(registry), log)
 
 	if err := onChange(cmInformer, func(obj any) {
