@@ -451,3 +451,28 @@ func released(t *testing.T, ns, group, node string) {
 		return nil
 	})
 }
+
+// TestCycleHaltOnFailureOff: with haltOnFailure: false a node back on its
+// old version still gets its UpdateNotApplied Event and is released, but
+// its group goes on.
+func TestCycleHaltOnFailureOff(t *testing.T) {
+	ctx := context.Background()
+	ns := cluster.Namespace(t)
+	setGroups(t, ns, "defaults: {slots: 1, haltOnFailure: false}\n")
+	nodes := newNodes(t, ns, 2, nil)
+	node, next := nodes[0], nodes[1]
+	a := startArbiter(t, ns)
+	approveUntil(t, a, node, fleetlock.DefaultGroup, 30*time.Second)
+	kubelet, err := fixtures.TakeDown(ctx, cluster.Client, node.name, 10*time.Minute)
+	must(t, err)
+	t.Cleanup(func() { _ = fixtures.BringBack(context.Background(), cluster.Client, node.name, kubelet) })
+	_, err = fixtures.BootAgain(ctx, cluster.Client, node.name, getNode(t, node.name).Status.NodeInfo.OSImage, true)
+	must(t, err)
+	must(t, a.steadyState(node.id, fleetlock.DefaultGroup))
+	released(t, ns, fleetlock.DefaultGroup, node.name)
+	eventOn(ctx, t, node.name, "UpdateNotApplied")
+	if o := lockObject(t, ns, fleetlock.DefaultGroup); len(o.Halts) != 0 {
+		t.Fatalf("halts = %+v, want none with haltOnFailure: false", o.Halts)
+	}
+	approveUntil(t, a, next, fleetlock.DefaultGroup, 30*time.Second)
+}
