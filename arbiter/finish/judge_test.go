@@ -168,3 +168,25 @@ func TestJudgeNeverReleasesEarly(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkJudge is the cost of one judgement, made for every approved
+// holder on every pass of the leader.
+func BenchmarkJudge(b *testing.B) {
+	approved := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	steady := approved.Add(time.Minute)
+	in := Input{
+		Holder: lock.Holder{Phase: lock.PhaseApproved, SteadyStateAt: &steady,
+			Approval: &lock.Approval{At: approved, BootID: "b1", OSImage: "Fedora CoreOS 41.1", OSVersion: "41.1"}},
+		Node: &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{annotations.BootID: "b2", annotations.BootComplete: "reached", annotations.OSVersion: "41.2"}},
+			Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{BootID: "b2", OSImage: "Fedora CoreOS 41.2"},
+				Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}},
+		},
+		MaxDowntime: time.Hour, Now: approved.Add(3 * time.Minute),
+	}
+	for b.Loop() {
+		if v := Judge(in); v.Step != Release {
+			b.Fatal(v)
+		}
+	}
+}
