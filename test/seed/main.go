@@ -106,7 +106,10 @@ Ask to reboot fcos-0 (repeat it: 423 drain_in_progress while its pods leave, the
 Watch it:
   . .cluster/env; kubectl get pods -n demo -o wide
   bin/kubectl-reboot_manager --kubeconfig .cluster/kubeconfig status
-Report it back up (releases the slot and uncordons):
+Simulate its reboot (kubelet reports a new boot id and OS version):
+  kubectl patch node fcos-0 --subresource=status --type=merge -p '{"status":{"nodeInfo":{"bootID":"'$(cat /proc/sys/kernel/random/uuid)'","osImage":"Fedora CoreOS 41.2"}}}'
+Report it back up; the slot passes on and the node is uncordoned once it is back (RebootCompleted).
+Without the reboot, kubelet still renews its Lease on the old boot: released within a minute (NotRebooted).
   curl -sS -H 'fleet-lock-protocol: true' -d '%s' %sv1/steady-state; echo
 
 `, count, 2*count, 2*count-1, first, id, body, url, body, url)
