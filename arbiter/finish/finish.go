@@ -58,6 +58,8 @@ type Nodes interface {
 	Finish(ctx context.Context, name, holding string) error
 	// SetPhase shows the phase of the holding's cycle on the node.
 	SetPhase(ctx context.Context, name, holding, phase string) error
+	// SetLastReboot records how the last completed reboot moved the node.
+	SetLastReboot(ctx context.Context, name, text string) error
 	// Event records an Event on the node.
 	Event(n *corev1.Node, eventType, reason, format string, args ...any)
 }
@@ -313,9 +315,15 @@ func (f *Finisher) apply(ctx context.Context, k holding, h lock.Holder, n *corev
 		}
 		log.Info("reboot cycle ended; slot released", "outcome", v.Outcome, "why", v.Why)
 		switch v.Outcome {
-		case Completed:
+		case Completed, NotApplied:
 			from, to := Versions(h, n)
-			f.nodes.Event(n, corev1.EventTypeNormal, "RebootCompleted", "rebooted from %s to %s; slot released", or(from, "?"), or(to, "?"))
+			if v.Outcome == Completed {
+				f.nodes.Event(n, corev1.EventTypeNormal, "RebootCompleted", "rebooted from %s to %s; slot released", or(from, "?"), or(to, "?"))
+			}
+			text := fmt.Sprintf("%s → %s at %s", or(from, "?"), or(to, "?"), f.now().UTC().Format(time.RFC3339))
+			if err := f.nodes.SetLastReboot(ctx, n.Name, text); err != nil {
+				log.Warn("recording the last reboot on the node failed", "err", err)
+			}
 		case NotRebooted:
 			f.nodes.Event(n, corev1.EventTypeNormal, "NotRebooted", "%s; slot released", v.Why)
 		}

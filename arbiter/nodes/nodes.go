@@ -225,6 +225,16 @@ func (d *Directory) SetPhase(ctx context.Context, name, holding, phase string) e
 	})
 }
 
+// SetLastReboot records how the node's last completed reboot moved it.
+func (d *Directory) SetLastReboot(ctx context.Context, name, text string) error {
+	return d.patchCached(ctx, name, func(n *corev1.Node) *nodePatch {
+		if n.Annotations[annotations.LastReboot] == text {
+			return nil
+		}
+		return &nodePatch{annotations: map[string]*string{annotations.LastReboot: ptr(text)}}
+	})
+}
+
 // SetDrainMessage records what the drain waits for. An empty message removes it.
 func (d *Directory) SetDrainMessage(ctx context.Context, name, msg string) error {
 	return d.patchCached(ctx, name, func(n *corev1.Node) *nodePatch {

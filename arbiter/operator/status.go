@@ -92,7 +92,8 @@ type Node struct {
 	// unprotected.
 	Credential string `json:"credential"`
 	// Versions is the OS version at the approval and now ("from → to"),
-	// while an approved cycle goes on.
+	// while an approved cycle goes on; after it, how the last completed
+	// reboot moved the node, and when.
 	Versions string `json:"versions,omitempty"`
 }
 
@@ -166,7 +167,7 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 
 func nodeStatus(n *corev1.Node, now time.Time) Node {
 	a := n.Annotations
-	s := Node{Name: n.Name, Status: a[annotations.Status], Unschedulable: n.Spec.Unschedulable, Credential: "no"}
+	s := Node{Name: n.Name, Status: a[annotations.Status], Unschedulable: n.Spec.Unschedulable, Credential: "no", Versions: a[annotations.LastReboot]}
 	switch {
 	case a[annotations.CredentialPreviousSHA256] != "":
 		s.Credential = "rotating"

@@ -98,6 +98,14 @@ func TestWriteTable(t *testing.T) {
 	}
 }
 
+func TestNodeLastReboot(t *testing.T) {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: map[string]string{
+		annotations.LastReboot: "41.1 → 41.2 at 2026-12-02T10:00:00Z"}}}
+	if got := nodeStatus(n, time.Now()); got.Status != annotations.StatusReady || got.Versions != "41.1 → 41.2 at 2026-12-02T10:00:00Z" {
+		t.Errorf("nodeStatus = %+v, want Ready with the last reboot's versions", got)
+	}
+}
+
 func TestNodeCredential(t *testing.T) {
 	for _, tc := range []struct {
 		ann  map[string]string

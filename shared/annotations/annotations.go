@@ -41,6 +41,9 @@ const (
 	// ApprovedBootID is the node's boot id when its reboot was approved; a
 	// different boot id means the reboot happened.
 	ApprovedBootID = "rebootmanager/approved-boot-id"
+	// LastReboot says how the node's last completed reboot cycle moved it:
+	// "FROM → TO" versions and when, e.g. "41.1 → 41.2 at 2026-12-02T10:00:00Z".
+	LastReboot = "rebootmanager/last-reboot"
 	// DrainMessage says why the drain is stuck: refused evictions, a timeout.
 	DrainMessage = "rebootmanager/drain-message"
 	// Waiting says why the node's last pre-reboot was turned away before it

@@ -138,6 +138,9 @@ func TestCycleZincatiOrder(t *testing.T) {
 	if ev := eventOn(ctx, t, first.name, "RebootCompleted"); !strings.Contains(ev.Message, "Fedora CoreOS 41.") {
 		t.Errorf("RebootCompleted says %q, want the versions", ev.Message)
 	}
+	if v := nodeIn(cliStatus(t, ns), first.name).Versions; !strings.Contains(v, " → Fedora CoreOS 41.") {
+		t.Errorf("status VERSIONS after the cycle = %q, want the last reboot's from → to", v)
+	}
 	must(t, fixtures.BringBack(ctx, cluster.Client, first.name, kubelet))
 }
 
