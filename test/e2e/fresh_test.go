@@ -289,6 +289,7 @@ func TestSlotFollowsTheNode(t *testing.T) {
 		}
 		return nil
 	})
+	released(t, ns, "old", node.name) // the uncordon follows the release
 	if n := getNode(t, node.name); n.Spec.Unschedulable {
 		t.Error("node still cordoned after its steady-state")
 	}

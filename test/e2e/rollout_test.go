@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/fleetsim"
+	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
 // rollout runs a simulated rollout of n kwok hosts in one group with one
@@ -62,10 +64,13 @@ func TestFleetSim(t *testing.T) {
 		if tl.Locked.IsZero() || tl.Approved.Before(tl.Locked) || tl.SteadyState.After(tl.Up) || tl.Released.Before(tl.Up) {
 			t.Errorf("%s: out of order: %+v", tl.Host.Node, tl)
 		}
-		n := getNode(t, tl.Host.Node)
-		if n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusReady {
-			t.Errorf("%s after the rollout: unschedulable=%v status=%q", tl.Host.Node, n.Spec.Unschedulable, n.Annotations[annotations.Status])
-		}
+		// The uncordon follows the release a moment later.
+		harness.Eventually(t, 5*time.Second, tl.Host.Node+" back in service", func() error {
+			if n := getNode(t, tl.Host.Node); n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusReady {
+				return fmt.Errorf("unschedulable=%v status=%q", n.Spec.Unschedulable, n.Annotations[annotations.Status])
+			}
+			return nil
+		})
 	}
 }
 
