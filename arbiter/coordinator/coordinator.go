@@ -128,6 +128,11 @@ type Config struct {
 	// MaxGroups caps the lock objects that hosts outside the cluster may
 	// bring into being by naming new groups (default 64).
 	MaxGroups int
+	// MaxWaiters bounds, per group, the pre-reboots that wait server-side
+	// on this replica (default 10): later ones are answered 423 at once,
+	// with their place in line, so waiting requests never hold the
+	// connections that releases and new requests need.
+	MaxWaiters int
 	// VolumeDetachTimeout, when positive, bounds the wait for the evicted
 	// pods' volumes to be detached once they are unmounted; after it the
 	// reboot is approved with a VolumeDetachTimeout Warning Event.
@@ -164,6 +169,9 @@ func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 	}
 	if cfg.MaxGroups <= 0 {
 		cfg.MaxGroups = 64
+	}
+	if cfg.MaxWaiters <= 0 {
+		cfg.MaxWaiters = 10
 	}
 	return &Coordinator{nodes: deps.Nodes, lock: deps.Lock, drainer: deps.Drainer, settings: deps.Settings, gate: deps.Gate,
 		cfg: cfg, log: log, now: time.Now, metrics: m, queue: newWaitQueue()}
@@ -299,16 +307,23 @@ func (c *Coordinator) ambiguous(log *slog.Logger, id, why string) error {
 func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder, deadline <-chan time.Time) (lock.Holder, error) {
 	try := true
 	var w *waiter
+	ahead := 0 // when the line is full: the waiters ahead of this request
 	if deadline != nil {
-		var first bool
-		w, first = c.queue.join(p.Group, p.ID)
+		var place int
+		w, place = c.queue.join(p.Group, p.ID)
 		defer func() {
 			c.queue.leave(p.Group, w)
 			c.Wake(p.Group) // pass on a wake-up this waiter may have used
 		}()
 		// Behind others, ask only when woken, unless the cache hints that
 		// the id already holds a slot (a wrong hint costs one read).
-		try = first || c.holdsCached(p.Group, p.ID)
+		holds := c.holdsCached(p.Group, p.ID)
+		try = place == 0 || holds
+		if place >= c.cfg.MaxWaiters && !holds {
+			// The line is long enough to fill every slot that may free
+			// soon: answer now, and keep the connection for others.
+			ahead, deadline = place, nil
+		}
 	}
 	recheck := time.NewTicker(c.cfg.Recheck)
 	defer recheck.Stop()
@@ -387,6 +402,11 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 				p.Group, len(res.Holders), s.Slots, names(res.Holders)), &noted)
 		}
 		if deadline == nil {
+			var fe *fleetlock.Error
+			if ahead > 0 && errors.As(denial, &fe) {
+				c.metrics.lineFull.WithLabelValues(p.Group).Inc()
+				denial = fleetlock.Errorf(fe.Kind, "%s; %d requests wait ahead of this one on this server, the most it holds: ask again later", fe.Value, ahead)
+			}
 			return lock.Holder{}, denial
 		}
 		select {

@@ -19,14 +19,14 @@ type waiter struct {
 
 func newWaitQueue() *waitQueue { return &waitQueue{waiters: map[string][]*waiter{}} }
 
-// join appends a waiter for id to group's queue and reports whether it is
-// the only one.
-func (q *waitQueue) join(group, id string) (*waiter, bool) {
+// join appends a waiter for id to group's queue and returns its place:
+// 0 when it is the only one.
+func (q *waitQueue) join(group, id string) (*waiter, int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	w := &waiter{id: id, wake: make(chan struct{}, 1)}
 	q.waiters[group] = append(q.waiters[group], w)
-	return w, len(q.waiters[group]) == 1
+	return w, len(q.waiters[group]) - 1
 }
 
 // leave removes w from group's queue.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -448,3 +449,38 @@ func TestDrainWait(t *testing.T) {
 func hostsToken(string) string { return "hosts-token" }
 
 func withToken(ctx context.Context) context.Context { return WithCredential(ctx, "hosts-token") }
+
+// TestWaitersBounded: past MaxWaiters in a group, a pre-reboot is answered
+// at once, with its place in line, and holds no connection; those within
+// keep their turns.
+func TestWaitersBounded(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := &memLock{}
+	c := New(Deps{noNodes{}, m, noNodes{}, oneSlot{}, oneSlot{}}, Config{AllowUnknownNodes: true, Token: hostsToken,
+		MaxWait: time.Minute, Recheck: time.Hour, MaxWaiters: 2}, nil, slog.New(slog.DiscardHandler))
+	m.onChange = func() { c.Wake("g") }
+	if err := c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: "x", Group: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := ask(t, ctx, c, "a"), ask(t, ctx, c, "b")
+	start := time.Now()
+	err := c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: "late", Group: "g"})
+	if !fleetlock.IsKind(err, fleetlock.KindLockHeld) || !strings.Contains(err.Error(), "2 requests wait ahead") {
+		t.Fatalf("third waiter = %v, want lock_held naming 2 ahead", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the third waiter was answered after %s, want at once", d)
+	}
+	if _, err := m.ReleaseMatching(ctx, "g", func(h lock.Holder) bool { return h.ID == "x" }); err != nil {
+		t.Fatal(err)
+	}
+	if err := answer(t, a); err != nil {
+		t.Fatalf("first waiter = %v, want its turn", err)
+	}
+	select {
+	case err := <-b:
+		t.Fatalf("second waiter answered %v while the slot is held", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,5 +126,74 @@ func TestLongPoll(t *testing.T) {
 	t.Logf("shutdown answered the waiter in %s", got.at.Sub(stopped).Round(time.Millisecond))
 	if h := holders(t, ns, group); len(h) != 1 || h[0].Node != target.name {
 		t.Fatalf("holders after shutdown = %+v, want only %s", h, target.name)
+	}
+}
+
+// TestReleaseNotStarved: more waiting pre-reboots than the arbiter serves
+// connections. Only --max-waiters of them wait server-side; the others are
+// answered 423 at once with their place in line, so the holder's
+// steady-state is served within 1 s and the next waiter gets the slot.
+func TestReleaseNotStarved(t *testing.T) {
+	ns := cluster.Namespace(t)
+	holder := newNodes(t, ns, 1, nil)[0]
+	ids := createPlainNodes(t, ns, 30, nil)
+	a := startArbiter(t, ns, "--max-wait", "20s", "--max-connections", "20", "--max-waiters", "4")
+	approveUntil(t, a, holder, fleetlock.DefaultGroup, 30*time.Second)
+
+	answers := make([]<-chan answer, len(ids))
+	for i, id := range ids {
+		answers[i] = a.askAsync(id, fleetlock.DefaultGroup)
+	}
+	// The 26 beyond the line are answered at once, with their place.
+	harness.Eventually(t, 10*time.Second, "the waiters beyond the line answered", func() error {
+		turned := 0
+		for i, ch := range answers {
+			select {
+			case got := <-ch:
+				if !fleetlock.IsKind(got.err, fleetlock.KindLockHeld) || !strings.Contains(got.err.Error(), "wait ahead of this one") {
+					t.Fatalf("waiter %d beyond the line = %v, want lock_held with its place", i, got.err)
+				}
+				answers[i] = nil
+			default:
+			}
+			if answers[i] == nil {
+				turned++
+			}
+		}
+		if turned != len(ids)-4 {
+			return fmt.Errorf("%d answered, want %d", turned, len(ids)-4)
+		}
+		return nil
+	})
+
+	reboot(t, holder.name)
+	start := time.Now()
+	must(t, a.steadyState(holder.id, fleetlock.DefaultGroup))
+	took := time.Since(start)
+	t.Logf("the holder's steady-state with 4 waiters held and 26 turned away: %s", took.Round(time.Millisecond))
+	if took > time.Second {
+		t.Errorf("the holder's steady-state took %s, want within 1s", took)
+	}
+	granted := 0
+	deadline := time.After(15 * time.Second)
+	for granted == 0 {
+		for i, ch := range answers {
+			if ch == nil {
+				continue
+			}
+			select {
+			case got := <-ch:
+				if got.err == nil {
+					granted++
+				}
+				answers[i] = nil
+			default:
+			}
+		}
+		select {
+		case <-deadline:
+			t.Fatal("no waiter got the slot after the release")
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }
