@@ -200,8 +200,19 @@ func TestNodeCredential(t *testing.T) {
 		return nil
 	})
 
-	// An agent restart changes nothing and restarts nothing.
+	// An agent restart changes nothing and restarts nothing. Here it can no
+	// longer tell boot-complete.target's state (nothing pulls it in): the
+	// value goes, through the admission policy, rather than stay from before.
+	agent.systemd.SetUnit("boot-complete.target", map[string]any{"ActiveState": "inactive", "Job": fakesystemd.NoJob, "Requires": []string{}})
 	agent.restart()
+	harness.Eventually(t, 10*time.Second, "a witness it cannot read removed", func() error {
+		a := getNode(t, node.name).Annotations
+		if _, ok := a[annotations.BootComplete]; ok || a[annotations.BootID] == "" || a[annotations.OSVersion] == "" {
+			return fmt.Errorf("witness: boot-id %q, boot-complete %q, os-version %q", a[annotations.BootID], a[annotations.BootComplete], a[annotations.OSVersion])
+		}
+		return nil
+	})
+	agent.systemd.SetUnit("boot-complete.target", map[string]any{"ActiveState": "active", "Job": fakesystemd.NoJob})
 	time.Sleep(2 * time.Second)
 	if got := dropinSecret(agent.dropIn); got != secret || len(agent.systemd.Restarts()) != 1 {
 		t.Fatalf("after an agent restart: secret changed %v, restarts %v", got != secret, agent.systemd.Restarts())
