@@ -165,6 +165,16 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 	return r, nil
 }
 
+// phaseReasons says what a node waits for in the phases of a cycle whose
+// reason is fixed.
+var phaseReasons = map[string]string{
+	annotations.StatusWaitingForVolumes: "drained; waiting for the evicted pods' volumes to be unmounted and detached",
+	annotations.StatusRebooting:         "drained and approved; waiting for the reboot",
+	annotations.StatusReturning:         "booted again; waiting for Ready, and for Zincati's steady-state or the agent's boot-complete",
+	annotations.StatusSettling:          "back and Ready; waiting out the group's settle time",
+	annotations.StatusHalted:            "its cycle failed and halted the group; see its Events",
+}
+
 func nodeStatus(n *corev1.Node, now time.Time) Node {
 	a := n.Annotations
 	s := Node{Name: n.Name, Status: a[annotations.Status], Unschedulable: n.Spec.Unschedulable, Credential: "no", Versions: a[annotations.LastReboot]}
@@ -196,21 +206,9 @@ func nodeStatus(n *corev1.Node, now time.Time) Node {
 		if s.Reason == "" {
 			s.Reason = "evicting pods"
 		}
-	case s.Status == annotations.StatusWaitingForVolumes:
+	case phaseReasons[s.Status] != "":
 		since(annotations.Since)
-		s.Reason = "drained; waiting for the evicted pods' volumes to be unmounted and detached"
-	case s.Status == annotations.StatusRebooting:
-		since(annotations.Since)
-		s.Reason = "drained and approved; waiting for the reboot"
-	case s.Status == annotations.StatusReturning:
-		since(annotations.Since)
-		s.Reason = "booted again; waiting for Ready, and for Zincati's steady-state or the agent's boot-complete"
-	case s.Status == annotations.StatusSettling:
-		since(annotations.Since)
-		s.Reason = "back and Ready; waiting out the group's settle time"
-	case s.Status == annotations.StatusHalted:
-		since(annotations.Since)
-		s.Reason = "its cycle failed and halted the group; see its Events"
+		s.Reason = phaseReasons[s.Status]
 	case nodes.Waiting(n):
 		s.Status = StatusWaiting
 		since(annotations.WaitingAt)

@@ -277,7 +277,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// fresh reads of the lock objects and the node.
 	// A node in the later phases of a cycle may be back: a hint for the
 	// finisher, which judges on fresh reads.
-	enqueueDraining := func(obj any) {
+	hintWorkers := func(obj any) {
 		n, ok := obj.(*corev1.Node)
 		if !ok {
 			return
@@ -290,9 +290,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 	}
 	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueueDraining,
+		AddFunc: hintWorkers,
 		UpdateFunc: func(old, obj any) {
-			enqueueDraining(obj)
+			hintWorkers(obj)
 			if o, ok := old.(*corev1.Node); ok {
 				if n, ok := obj.(*corev1.Node); ok {
 					reconciler.BootChanged(o, n)

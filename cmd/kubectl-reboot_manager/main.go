@@ -135,26 +135,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 			act = operator.Resume
 		}
 		r, err := act(ctx, client, where, rest, *all, operatorName(lookup))
-		if err != nil {
-			return fail(err)
-		}
-		if *output == "json" {
-			err = writeJSON(stdout, r)
-		} else {
-			_, err = fmt.Fprint(stdout, r)
+		if err == nil {
+			err = show(stdout, *output, r)
 		}
 		if err != nil {
 			return fail(err)
 		}
 	case "release":
 		r, err := operator.Release(ctx, client, where, rest[0])
-		if err != nil {
-			return fail(err)
-		}
-		if *output == "json" {
-			err = writeJSON(stdout, r)
-		} else {
-			_, err = fmt.Fprint(stdout, r)
+		if err == nil {
+			err = show(stdout, *output, r)
 		}
 		if err != nil {
 			return fail(err)
@@ -177,6 +167,15 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		words = append(words, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+}
+
+// show writes a command's result as JSON, or as its confirmation message.
+func show(w io.Writer, output string, r fmt.Stringer) error {
+	if output == "json" {
+		return writeJSON(w, r)
+	}
+	_, err := fmt.Fprint(w, r)
+	return err
 }
 
 // operatorName names who acts, for the halt record and its Event.
