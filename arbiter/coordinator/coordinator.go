@@ -61,8 +61,10 @@ type Lock interface {
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
 	// Fresh lists every group's lock object from the API server.
 	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
-	// Cached and All read the cache: hints, displays and refusals only.
+	// Cached, CoolingOff and All read the cache: hints, displays and
+	// refusals only.
 	Cached(group string) []lock.Holder
+	CoolingOff(group, node string) (lock.CoolOff, bool)
 	All() (map[string][]lock.Holder, error)
 }
 
@@ -228,6 +230,13 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 			return err
 		}
 	}
+	if node != nil {
+		// A node cooling off after a failed drain is turned away at once
+		// (the cache can only refuse; Acquire checks the lock object).
+		if co, ok := c.lock.CoolingOff(p.Group, node.Name); ok {
+			return coolingOff(log, p.Group, co)
+		}
+	}
 	var deadline <-chan time.Time
 	if c.cfg.MaxWait > 0 {
 		t := time.NewTimer(c.cfg.MaxWait)
@@ -248,7 +257,23 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 		log.Info("reboot approved for a host outside the cluster")
 		return nil
 	}
-	return c.cycle(ctx, log, p, mine, deadline)
+	err = c.cycle(ctx, log, p, mine, deadline)
+	if fleetlock.IsKind(err, fleetlock.KindLockHeld) {
+		// The slot went while the request was under way: say so if its
+		// drain failed and gave it back (a fresh read; it only refuses).
+		if o, gerr := c.lock.Get(ctx, p.Group); gerr == nil {
+			if co, ok := o.CoolingOff(node.Name, c.now()); ok {
+				return coolingOff(log, p.Group, co)
+			}
+		}
+	}
+	return err
+}
+
+// coolingOff is the drain_failed answer to a node whose drain failed.
+func coolingOff(log *slog.Logger, group string, co lock.CoolOff) error {
+	log.Info("turned away: the node's drain failed; it cools off", "retry_after", co.Until)
+	return fleetlock.Errorf(fleetlock.KindDrainFailed, "%s", (&lock.CoolingOffError{Group: group, CoolOff: co}).Error())
 }
 
 // resolve names the Node that the request is about. The cache names the
@@ -640,11 +665,16 @@ func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock
 	return nil
 }
 
-// haltedKind turns a halted group's refusal into its FleetLock reply.
+// haltedKind turns a halted group's refusal, or a cooling-off node's, into
+// its FleetLock reply.
 func haltedKind(err error) error {
 	var he *lock.HaltedError
-	if errors.As(err, &he) {
+	var ce *lock.CoolingOffError
+	switch {
+	case errors.As(err, &he):
 		return fleetlock.Errorf(fleetlock.KindHalted, "%s", he.Error())
+	case errors.As(err, &ce):
+		return fleetlock.Errorf(fleetlock.KindDrainFailed, "%s", ce.Error())
 	}
 	return err
 }

@@ -33,6 +33,8 @@ type fake struct {
 	notReady  error
 	// releaseOnPending empties the lock when the pods are listed.
 	releaseOnPending bool
+	// yieldOnPending also turns n1 away for a cool-off.
+	yieldOnPending bool
 	// idMoved: the fresh node carries another id than the cache said.
 	idMoved bool
 	marked  bool // the node carries the mark of id's holding (see holding)
@@ -108,6 +110,12 @@ func (f *fake) Pending(context.Context, string) (drain.Pending, error) {
 	if f.releaseOnPending { // another replica releases the slot meanwhile
 		f.mu.Lock()
 		f.holders = nil
+		f.mu.Unlock()
+	}
+	if f.yieldOnPending { // the leader's drainer yields the slot meanwhile
+		f.mu.Lock()
+		f.holders = nil
+		f.coolOffs = []lock.CoolOff{{Node: "n1", Until: time.Now().Add(time.Hour), Message: "1 pods remain"}}
 		f.mu.Unlock()
 	}
 	return f.pending, nil
@@ -285,7 +293,13 @@ func TestPreReboot(t *testing.T) {
 		{"approved, still cordoned and empty: 200, no write", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, false,
 			"", "", "Acquire Fresh Pending MarkRebooting", lock.PhaseApproved},
 		{"approved, released before the confirmation: not 200", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, releaseOnPending: true}, false,
-			fleetlock.KindLockHeld, "released", "Acquire Fresh Pending", ""},
+			fleetlock.KindLockHeld, "released", "Acquire Fresh Pending Get", ""},
+		{"drained as the drain yields: drain_failed, never 200", &fake{found: []*corev1.Node{n1}, cordoned: true, marked: true, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, yieldOnPending: true}, false,
+			fleetlock.KindDrainFailed, "may take one again after", "Acquire Fresh Pending LookupFresh Get", ""},
+		{"cooling off, seen in the cache: drain_failed at once", &fake{found: []*corev1.Node{n1}, memLock: memLock{cached: true, coolOffs: []lock.CoolOff{{Node: "n1", Until: time.Now().Add(time.Hour), Message: "1 pods remain"}}}}, false,
+			fleetlock.KindDrainFailed, "1 pods remain", "", ""},
+		{"cooled off: a slot again", &fake{found: []*corev1.Node{n1}, memLock: memLock{cached: true, coolOffs: []lock.CoolOff{{Node: "n1", Until: time.Now().Add(-time.Second)}}}}, false,
+			"", "", "Acquire Fresh List Check Fresh Advance(Draining) StartDrain Enqueue Fresh Pending LookupFresh Advance(Approved) Event(Drained) MarkRebooting", lock.PhaseApproved},
 		{"approved, uncordoned by hand: drained again", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}, pending: onePod}, false,
 			fleetlock.KindDrainInProgress, "a/p", "Acquire Fresh Advance(Draining) StartDrain Enqueue Fresh Pending Enqueue", lock.PhaseDraining},
 		{"the fresh node no longer carries the id: refused, never approved", &fake{found: []*corev1.Node{n1}, cordoned: true, idMoved: true}, false,

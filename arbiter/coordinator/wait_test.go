@@ -30,6 +30,9 @@ type memLock struct {
 	calls    []string // the writes and fresh reads, in order
 	err      error    // returned by every fresh call when set
 	halt     *lock.Halt
+	// coolOffs are in the lock object; cached, also in the cache.
+	coolOffs []lock.CoolOff
+	cached   bool
 }
 
 func (m *memLock) changed() {
@@ -76,7 +79,7 @@ func (m *memLock) Get(context.Context, string) (lock.Object, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.calls = append(m.calls, "Get")
-	return lock.Object{Holders: slices.Clone(m.holders)}, m.err
+	return lock.Object{Holders: slices.Clone(m.holders), CoolOffs: m.coolOffs}, m.err
 }
 
 func (m *memLock) Advance(_ context.Context, _, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error) {
@@ -170,6 +173,16 @@ func (m *memLock) Cached(string) []lock.Holder {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return slices.Clone(m.holders)
+}
+
+func (m *memLock) CoolingOff(_, node string) (lock.CoolOff, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.cached {
+		return lock.CoolOff{}, false
+	}
+	o := lock.Object{CoolOffs: m.coolOffs}
+	return o.CoolingOff(node, time.Now())
 }
 
 func (m *memLock) All() (map[string][]lock.Holder, error) {

@@ -6,6 +6,7 @@
 package drain
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	kubectldrain "k8s.io/kubectl/pkg/drain"
 
+	"github.com/rebootmanager/reboot-manager/arbiter/groups"
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/volumes"
 )
@@ -40,9 +42,11 @@ type Config struct {
 	DeleteEmptyDirData bool
 	// Concurrency bounds the evictions in flight for one node.
 	Concurrency int
-	// Timeout, when positive, is how long a drain may take before the node
-	// gets a Warning Event. The drain goes on: a reboot is never approved
-	// before the node is empty.
+	// Timeout, when positive, is the drain timeout of the groups that set
+	// no drainTimeout: after it the node gets a DrainTimeout Warning Event,
+	// and the group's drainTimeoutAction applies (yield: the slot is given
+	// back; wait: the drain goes on). A reboot is never approved before the
+	// node is empty.
 	Timeout time.Duration
 	// PodTimeout, when positive, is how long one pod may resist eviction or
 	// stay terminating before it is named as stuck, in a Warning Event and in
@@ -58,6 +62,9 @@ type Config struct {
 type Nodes interface {
 	Fresh(ctx context.Context, name string) (*corev1.Node, error)
 	SetDrainMessage(ctx context.Context, name, msg string) error
+	// Yielded ends the holding's cycle after its drain gave the slot back:
+	// uncordon if ours, status DrainFailed with msg.
+	Yielded(ctx context.Context, name, holding, msg string) error
 	Event(n *corev1.Node, eventType, reason, format string, args ...any)
 }
 
@@ -71,6 +78,14 @@ type Cycle interface {
 	DrainingNodes(ctx context.Context) ([]string, error)
 	// Advance changes the holding's record by compare-and-swap.
 	Advance(ctx context.Context, group, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error)
+	// Yield gives back the slot of a holding not yet approved and turns
+	// its node away until c.Until, by compare-and-swap.
+	Yield(ctx context.Context, group, id string, since time.Time, c lock.CoolOff) (bool, error)
+}
+
+// Settings gives each group's drain timeout and what it does.
+type Settings interface {
+	For(group string) groups.Settings
 }
 
 // Volumes resolves the PersistentVolumes a pod uses, and says which are
@@ -121,13 +136,14 @@ func (p Pending) String() string {
 
 // Drainer evicts the pods of nodes whose slot holder is Draining.
 type Drainer struct {
-	client  kubernetes.Interface
-	nodes   Nodes
-	cycle   Cycle
-	volumes Volumes
-	cfg     Config
-	log     *slog.Logger
-	now     func() time.Time
+	client   kubernetes.Interface
+	nodes    Nodes
+	cycle    Cycle
+	volumes  Volumes
+	settings Settings
+	cfg      Config
+	log      *slog.Logger
+	now      func() time.Time
 
 	mu       sync.Mutex
 	queue    workqueue.TypedRateLimitingInterface[string] // nil between Runs
@@ -136,8 +152,9 @@ type Drainer struct {
 	podVols  map[string]map[types.UID][]lock.Volume       // node → pod → its volumes, once resolved
 }
 
-// New returns a Drainer. Call Run to start it.
-func New(client kubernetes.Interface, nodes Nodes, cycle Cycle, vols Volumes, cfg Config, log *slog.Logger) *Drainer {
+// New returns a Drainer that reads each group's drain timeout from
+// settings. Call Run to start it.
+func New(client kubernetes.Interface, nodes Nodes, cycle Cycle, vols Volumes, settings Settings, cfg Config, log *slog.Logger) *Drainer {
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 10
 	}
@@ -149,6 +166,7 @@ func New(client kubernetes.Interface, nodes Nodes, cycle Cycle, vols Volumes, cf
 		nodes:    nodes,
 		cycle:    cycle,
 		volumes:  vols,
+		settings: settings,
 		cfg:      cfg,
 		log:      log,
 		now:      time.Now,
@@ -355,13 +373,16 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 		}
 	}
 	msg := strings.Join(blocked, "; ")
-	if d.cfg.Timeout > 0 {
-		if d.now().Sub(holder.Since) > d.cfg.Timeout {
-			msg = strings.TrimSuffix(fmt.Sprintf("drain running for over %s; %s", d.cfg.Timeout, msg), "; ")
-			if d.report(name+"/timeout", "timeout") {
-				log.Warn("drain is taking longer than the timeout", "timeout", d.cfg.Timeout, "pending", pending.String())
-				d.nodes.Event(node, corev1.EventTypeWarning, "DrainTimeout", "drain running for over %s: %s", d.cfg.Timeout, pending.String())
-			}
+	s := d.settings.For(group)
+	timeout := cmp.Or(s.DrainTimeout.Duration, d.cfg.Timeout)
+	if timeout > 0 && d.now().Sub(holder.Since) > timeout {
+		if s.Yields() {
+			return finished, d.yield(ctx, log, node, group, holder, pending, blocked, s, timeout)
+		}
+		msg = strings.TrimSuffix(fmt.Sprintf("drain running for over %s; %s", timeout, msg), "; ")
+		if d.report(name+"/timeout", "timeout") {
+			log.Warn("drain is taking longer than the timeout", "timeout", timeout, "pending", pending.String())
+			d.nodes.Event(node, corev1.EventTypeWarning, "DrainTimeout", "drain running for over %s: %s", timeout, pending.String())
 		}
 	}
 	if len(blocked) > 0 && d.report(name, strings.Join(blocked, "; ")) {
@@ -372,6 +393,36 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// yield gives the slot of a drain past its timeout back: in one
+// compare-and-swap, only while the holding is not approved, it releases
+// the slot and turns the node away for the group's cool-off; then it
+// uncordons the node if we cordoned it and shows DrainFailed. Nothing is
+// approved after it: an approval must find the holding, which is gone.
+// (A crash between the two leaves our cordon on a node that holds no
+// slot, which the reconciler removes.)
+func (d *Drainer) yield(ctx context.Context, log *slog.Logger, node *corev1.Node, group string, h lock.Holder,
+	pending Pending, blocked []string, s groups.Settings, timeout time.Duration) error {
+	why := pending.String()
+	if len(blocked) > 0 {
+		why += "; " + strings.Join(blocked, "; ")
+	}
+	until := d.now().Add(s.CoolOff()).UTC()
+	yielded, err := d.cycle.Yield(ctx, group, h.ID, h.Since, lock.CoolOff{Node: node.Name, Until: until, Message: why})
+	if err != nil || !yielded {
+		return err // not yielded: approved or released meanwhile
+	}
+	d.forget(node.Name)
+	d.cfg.Metrics.yields.WithLabelValues(group).Inc()
+	msg := fmt.Sprintf("retry after %s: drain did not finish within %s: %s", until.Format(time.RFC3339), timeout, why)
+	log.Warn("drain failed; slot given back", "timeout", timeout, "retry_after", until, "pending", why)
+	d.nodes.Event(node, corev1.EventTypeWarning, "DrainFailed",
+		"drain did not finish within %s; slot given back, node put back in service; it may retry after %s: %s", timeout, until.Format(time.RFC3339), why)
+	if err := d.nodes.Yielded(ctx, node.Name, h.Holding(group), msg); err != nil {
+		return fmt.Errorf("put the node back in service after its drain failed: %w", err)
+	}
+	return nil
 }
 
 // recordVolumes adds the PersistentVolumes of pods to the holder's record,

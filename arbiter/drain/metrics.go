@@ -16,6 +16,7 @@ const (
 // Metrics are the drainer's Prometheus metrics.
 type Metrics struct {
 	evictions *prometheus.CounterVec
+	yields    *prometheus.CounterVec
 }
 
 // NewMetrics returns the drainer's metrics, registered with reg when it is
@@ -26,12 +27,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "rebootmanager_evictions_total",
 			Help: "Evictions sent, by result: ok, pdb_blocked (refused by a PodDisruptionBudget) or error.",
 		}, []string{"result"}),
+		yields: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rebootmanager_drain_yields_total",
+			Help: "Drains that did not finish within their group's drainTimeout and gave their slot back, by group.",
+		}, []string{"group"}),
 	}
 	for _, r := range []string{ResultOK, ResultPDBBlocked, ResultError} {
 		m.evictions.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.evictions)
+		reg.MustRegister(m.evictions, m.yields)
 	}
 	return m
 }

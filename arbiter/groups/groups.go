@@ -39,8 +39,39 @@ type Settings struct {
 	// HaltOnFailure, true unless set false, halts the group when a node's
 	// boot fails, its update is not applied, or it does not come back.
 	HaltOnFailure *bool `json:"haltOnFailure,omitempty"`
+	// DrainTimeout is how long a drain may take before DrainTimeoutAction
+	// applies; unset, the arbiter's --drain-timeout.
+	DrainTimeout metav1.Duration `json:"drainTimeout,omitempty"`
+	// DrainTimeoutAction is what a drain past its timeout does: "yield"
+	// (the default) gives its slot back, uncordons the node and turns it
+	// away for DrainCoolOff; "wait" goes on draining, with a Warning Event.
+	DrainTimeoutAction string `json:"drainTimeoutAction,omitempty"`
+	// DrainCoolOff is how long a node whose drain yielded is turned away
+	// (default 1h).
+	DrainCoolOff metav1.Duration `json:"drainCoolOff,omitempty"`
 
 	windows []window // Windows, parsed by Parse
+}
+
+// What a drain past its timeout does.
+const (
+	DrainYield = "yield"
+	DrainWait  = "wait"
+)
+
+// DefaultDrainCoolOff is how long a node whose drain yielded is turned
+// away when its group sets no drainCoolOff.
+const DefaultDrainCoolOff = time.Hour
+
+// Yields reports whether a drain past its timeout gives its slot back.
+func (s Settings) Yields() bool { return s.DrainTimeoutAction != DrainWait }
+
+// CoolOff is how long a node whose drain yielded is turned away.
+func (s Settings) CoolOff() time.Duration {
+	if s.DrainCoolOff.Duration > 0 {
+		return s.DrainCoolOff.Duration
+	}
+	return DefaultDrainCoolOff
 }
 
 // Window is a weekly maintenance window. An End at or before Start crosses
@@ -158,6 +189,15 @@ func (s *Settings) prepare() error {
 	if s.Settle.Duration < 0 {
 		return fmt.Errorf("settle is %s, want 0 or more", s.Settle.Duration)
 	}
+	if s.DrainTimeout.Duration < 0 {
+		return fmt.Errorf("drainTimeout is %s, want 0 (the arbiter's --drain-timeout) or more", s.DrainTimeout.Duration)
+	}
+	if s.DrainCoolOff.Duration < 0 {
+		return fmt.Errorf("drainCoolOff is %s, want 0 (1h) or more", s.DrainCoolOff.Duration)
+	}
+	if a := s.DrainTimeoutAction; a != "" && a != DrainYield && a != DrainWait {
+		return fmt.Errorf("drainTimeoutAction %q, want %s or %s", a, DrainYield, DrainWait)
+	}
 	s.windows = make([]window, len(s.Windows))
 	for i, w := range s.Windows {
 		p, err := w.parse()
@@ -259,6 +299,18 @@ func (s Settings) Open(t time.Time) bool {
 		}
 	}
 	return false
+}
+
+// OpensWithin returns the first minute within d after t at which the
+// windows allow a grant, when there is one.
+func (s Settings) OpensWithin(t time.Time, d time.Duration) (time.Time, bool) {
+	start := t.Truncate(time.Minute)
+	for at := start.Add(time.Minute); !at.After(t.Add(d)); at = at.Add(time.Minute) {
+		if s.Open(at) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
 }
 
 func (p window) open(t time.Time) bool {

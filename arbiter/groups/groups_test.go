@@ -86,7 +86,7 @@ defaults:
   windows: [{days: [Sat, Sun], start: "22:00", end: "04:00", timeZone: Europe/Berlin}]
 groups:
   workers: {slots: 3}
-  db: {paused: true, windows: [], settle: 2m, haltOnFailure: false}
+  db: {paused: true, windows: [], settle: 2m, haltOnFailure: false, drainTimeout: 2h, drainTimeoutAction: wait, drainCoolOff: 30m}
   ceph: {blockers: [{namespace: rook-ceph, selector: "app=osd"}, {selector: "app=etcd", scope: node}]}
 `
 	cfg, err := Parse(&corev1.ConfigMap{Data: map[string]string{ConfigKey: doc}})
@@ -102,6 +102,12 @@ groups:
 	}
 	if w.Settle.Duration != 0 || !w.HaltsOnFailure() {
 		t.Errorf("workers = %+v, want no settle time and halts on failure by default", w)
+	}
+	if db := cfg.For("db"); db.DrainTimeout.Duration != 2*time.Hour || db.Yields() || db.CoolOff() != 30*time.Minute {
+		t.Errorf("db = %+v, want a 2h drain timeout that waits, and a 30m cool-off", db)
+	}
+	if w.DrainTimeout.Duration != 0 || !w.Yields() || w.CoolOff() != time.Hour {
+		t.Errorf("workers = %+v, want the arbiter's drain timeout, a yield, and a 1h cool-off by default", w)
 	}
 	if c := cfg.For("ceph"); len(c.Blockers) != 2 || len(cfg.Defaults.Blockers) != 0 {
 		t.Errorf("ceph blockers = %+v, defaults = %+v", c.Blockers, cfg.Defaults.Blockers)
@@ -154,10 +160,46 @@ func TestParseRejects(t *testing.T) {
 		`groups: {g: {slots: -2}}`,
 		`groups: {g: {settle: -1s}}`,
 		`groups: {g: {haltOnFailure: maybe}}`,
+		`groups: {g: {drainTimeoutAction: skip}}`,
+		`groups: {g: {drainTimeout: -1m}}`,
+		`groups: {g: {drainCoolOff: -1m}}`,
 		`pause: true`,
 	} {
 		if _, err := Parse(&corev1.ConfigMap{Data: map[string]string{ConfigKey: doc}}); err == nil {
 			t.Errorf("Parse(%s) accepted it", doc)
+		}
+	}
+}
+
+func TestOpensWithin(t *testing.T) {
+	s := Settings{Windows: []Window{{Start: "02:00", End: "04:00"}}}
+	if err := s.prepare(); err != nil {
+		t.Fatal(err)
+	}
+	at := func(hhmm string) time.Time {
+		t, _ := time.Parse("2006-01-02 15:04:05", "2026-12-02 "+hhmm)
+		return t
+	}
+	tests := []struct {
+		now    string
+		within time.Duration
+		want   string // "" for not within
+	}{
+		{"01:55:30", 5 * time.Minute, "02:00:00"},
+		{"01:55:30", 4 * time.Minute, ""},
+		{"01:00:00", 5 * time.Minute, ""},
+		{"04:00:00", 22 * time.Hour, "02:00:00"}, // the next day's
+	}
+	for _, tt := range tests {
+		got, ok := s.OpensWithin(at(tt.now), tt.within)
+		if tt.want == "" {
+			if ok {
+				t.Errorf("OpensWithin(%s, %s) = %s, want not within", tt.now, tt.within, got)
+			}
+			continue
+		}
+		if !ok || got.Format("15:04:05") != tt.want {
+			t.Errorf("OpensWithin(%s, %s) = %s, %v, want %s", tt.now, tt.within, got, ok, tt.want)
 		}
 	}
 }

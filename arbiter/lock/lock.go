@@ -120,6 +120,9 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 		if len(o.Halts) > 0 {
 			return false, &HaltedError{Group: group, Halts: o.Halts}
 		}
+		if c, ok := o.CoolingOff(h.Node, s.now()); ok {
+			return false, &CoolingOffError{Group: group, CoolOff: c}
+		}
 		if !admitted {
 			if err := admit(); err != nil {
 				return false, err
@@ -141,6 +144,7 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 		h.Phase = PhaseTaken
 		o.put(h)
 		o.LastGrant = now
+		o.pruneCoolOffs(now)
 		res = Result{Granted: true, Changed: true, Holder: h, Holders: o.Holders}
 		return true, nil
 	})
@@ -209,6 +213,38 @@ func (s *Semaphore) Approve(ctx context.Context, group, id string, since time.Ti
 		return Holder{}, false, fmt.Errorf("record the approval of %s in group %q: %w", id, group, err)
 	}
 	return out, mine, nil
+}
+
+// Yield gives back the slot of the holding of id that started at since,
+// whose drain failed, and turns its node away until c.Until, in one
+// compare-and-swap: only while the holding is not approved, so a node
+// approved a moment ago (empty, on a consistent read) keeps its slot. It
+// reports whether this call yielded the slot.
+func (s *Semaphore) Yield(ctx context.Context, group, id string, since time.Time, c CoolOff) (bool, error) {
+	var yielded bool
+	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+		yielded = false
+		h, ok := o.Holder(id)
+		if !ok || !h.Since.Equal(since) || h.Stage() == PhaseApproved {
+			return false, nil
+		}
+		o.Remove(func(x Holder) bool { return x.ID == id })
+		o.pruneCoolOffs(s.now())
+		o.CoolOffs = slices.DeleteFunc(o.CoolOffs, func(x CoolOff) bool { return x.Node == c.Node })
+		c.Until = c.Until.UTC()
+		o.CoolOffs = append(o.CoolOffs, c)
+		yielded = true
+		return true, nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("yield the slot of %s in group %q: %w", id, group, err)
+	}
+	return yielded, nil
+}
+
+// pruneCoolOffs drops the cool-offs that are over.
+func (o *Object) pruneCoolOffs(now time.Time) {
+	o.CoolOffs = slices.DeleteFunc(o.CoolOffs, func(c CoolOff) bool { return !now.Before(c.Until) })
 }
 
 // SetHalt halts group with h, by compare-and-swap, unless a halt of the
@@ -364,6 +400,20 @@ func (s *Semaphore) Cached(group string) []Holder {
 		return nil
 	}
 	return holders
+}
+
+// CoolingOff returns, from the cache, the cool-off in effect for node in
+// group, if any: for refusals only.
+func (s *Semaphore) CoolingOff(group, node string) (CoolOff, bool) {
+	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
+	if err != nil {
+		return CoolOff{}, false
+	}
+	o, err := decode(l)
+	if err != nil {
+		return CoolOff{}, false
+	}
+	return o.CoolingOff(node, s.now())
 }
 
 // All returns every group's holders from the cache, keyed by group.

@@ -150,6 +150,41 @@ func (e *HaltedError) Error() string {
 		e.Group, strings.Join(why, "; "), e.Group)
 }
 
+// CoolOff turns a node away after its drain yielded: its drain did not
+// finish within the group's drain timeout, so it gave its slot back, and it
+// may take one again only after Until.
+type CoolOff struct {
+	// Node is the node whose drain failed.
+	Node string `json:"node"`
+	// Until is when the node may take a slot again.
+	Until time.Time `json:"until"`
+	// Message names what blocked the drain: the pods left and the
+	// disruption budgets that refused them.
+	Message string `json:"message"`
+}
+
+// CoolingOffError refuses a slot to a node that is cooling off after a
+// failed drain.
+type CoolingOffError struct {
+	Group   string
+	CoolOff CoolOff
+}
+
+func (e *CoolingOffError) Error() string {
+	return fmt.Sprintf("node %s's drain failed and gave its slot in group %q back; it may take one again after %s (%s)",
+		e.CoolOff.Node, e.Group, e.CoolOff.Until.UTC().Format(time.RFC3339), e.CoolOff.Message)
+}
+
+// CoolingOff returns the cool-off of node in effect at now, if any.
+func (o *Object) CoolingOff(node string, now time.Time) (CoolOff, bool) {
+	for _, c := range o.CoolOffs {
+		if node != "" && c.Node == node && now.Before(c.Until) {
+			return c, true
+		}
+	}
+	return CoolOff{}, false
+}
+
 // Equal reports whether two records are the same in every field.
 func (h Holder) Equal(o Holder) bool { return equalHolders(h, o) }
 
@@ -212,6 +247,9 @@ type Object struct {
 	// Halts, when any, are why the group is halted: each failure, and a
 	// person's pause, until a resume lifts them all.
 	Halts []Halt
+	// CoolOffs are the nodes whose drain failed and gave its slot back:
+	// each is refused a new slot until its Until.
+	CoolOffs []CoolOff
 	// ResourceVersion is the version read; a write is conditional on it.
 	ResourceVersion string
 }
@@ -295,6 +333,11 @@ func decode(l *coordinationv1.Lease) (Object, error) {
 			o.Halts = []Halt{{Reason: HaltOperator, Message: fmt.Sprintf("unreadable halt record %q: %v", raw, err)}}
 		}
 	}
+	if raw := l.Annotations[annotations.LockCoolOff]; raw != "" {
+		if err := json.Unmarshal([]byte(raw), &o.CoolOffs); err != nil {
+			return o, fmt.Errorf("decode the cool-offs of lock object %s: %w", l.Name, err)
+		}
+	}
 	var members []legacyHolder
 	if raw := l.Annotations[annotations.LockHolders]; raw != "" {
 		if err := json.Unmarshal([]byte(raw), &members); err != nil {
@@ -361,6 +404,14 @@ func encode(l *coordinationv1.Lease, o Object) error {
 			return fmt.Errorf("encode the halt: %w", err)
 		}
 		l.Annotations[annotations.LockHalt] = string(raw)
+	}
+	delete(l.Annotations, annotations.LockCoolOff)
+	if len(o.CoolOffs) > 0 {
+		raw, err := json.Marshal(o.CoolOffs)
+		if err != nil {
+			return fmt.Errorf("encode the cool-offs: %w", err)
+		}
+		l.Annotations[annotations.LockCoolOff] = string(raw)
 	}
 	l.Spec.HolderIdentity = nil
 	if len(names) > 0 {

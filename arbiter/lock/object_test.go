@@ -109,3 +109,43 @@ func TestHaltRecord(t *testing.T) {
 		}
 	}
 }
+
+// TestCoolOffRecord: cool-offs survive a round trip, count only until
+// their time, and an object with none carries no annotation.
+func TestCoolOffRecord(t *testing.T) {
+	at := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	cs := []CoolOff{{Node: "n1", Until: at, Message: "1 pods remain: ns/web-1"}}
+	l := lease(map[string]string{})
+	if err := encode(l, Object{Group: "g", CoolOffs: cs}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := DecodeObject(l)
+	if err != nil || len(o.CoolOffs) != 1 || o.CoolOffs[0] != cs[0] {
+		t.Fatalf("decoded cool-offs = %+v (%v), want %+v", o.CoolOffs, err, cs)
+	}
+	tests := []struct {
+		node string
+		now  time.Time
+		want bool
+	}{
+		{"n1", at.Add(-time.Second), true},
+		{"n1", at, false},
+		{"n2", at.Add(-time.Second), false},
+		{"", at.Add(-time.Second), false},
+	}
+	for _, tt := range tests {
+		if _, got := o.CoolingOff(tt.node, tt.now); got != tt.want {
+			t.Errorf("CoolingOff(%q, %s) = %v, want %v", tt.node, tt.now, got, tt.want)
+		}
+	}
+	o.pruneCoolOffs(at)
+	if err := encode(l, o); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Annotations[annotations.LockCoolOff]; ok {
+		t.Error("a cool-off that is over stayed on the object")
+	}
+	if _, err := DecodeObject(lease(map[string]string{annotations.LockCoolOff: "{not json"})); err == nil {
+		t.Error("an unreadable cool-off record decoded without error")
+	}
+}

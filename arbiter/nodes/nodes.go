@@ -180,6 +180,9 @@ func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group, ho
 			p.annotations[annotations.Waiting] = nil
 			p.annotations[annotations.WaitingAt] = nil
 		}
+		if n.Annotations[annotations.DrainFailed] != "" {
+			p.annotations[annotations.DrainFailed] = nil
+		}
 		if n.Annotations[annotations.Since] == "" {
 			p.annotations[annotations.Since] = ptr(d.now().UTC().Format(time.RFC3339))
 		}
@@ -190,7 +193,8 @@ func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group, ho
 		if n.Annotations[annotations.Status] == annotations.StatusDraining && p.unschedulable == nil &&
 			n.Annotations[annotations.Group] == group && n.Annotations[annotations.Since] != "" &&
 			n.Annotations[annotations.Holding] == holding &&
-			n.Annotations[annotations.Waiting] == "" && n.Annotations[annotations.WaitingAt] == "" {
+			n.Annotations[annotations.Waiting] == "" && n.Annotations[annotations.WaitingAt] == "" &&
+			n.Annotations[annotations.DrainFailed] == "" {
 			return nil
 		}
 		return p
@@ -289,6 +293,17 @@ func Waiting(n *corev1.Node) bool {
 // fresh read of the node in the same conditional patch, this keeps a
 // release decided a moment ago from ending a cycle that started since.
 func (d *Directory) Finish(ctx context.Context, name, holding string) error {
+	return d.end(ctx, name, holding, annotations.StatusReady, "", "Released", "reboot cycle finished")
+}
+
+// Yielded ends the node's cycle as Finish does, after its drain failed
+// and gave the slot back: status DrainFailed, and msg (what blocked it,
+// when it may retry) in rebootmanager/drain-failed.
+func (d *Directory) Yielded(ctx context.Context, name, holding, msg string) error {
+	return d.end(ctx, name, holding, annotations.StatusDrainFailed, msg, "DrainYielded", "drain failed; slot given back")
+}
+
+func (d *Directory) end(ctx context.Context, name, holding, status, failed, reason, message string) error {
 	return d.patch(ctx, name, func(n *corev1.Node) *nodePatch {
 		if !InCycle(n) {
 			return nil
@@ -298,7 +313,7 @@ func (d *Directory) Finish(ctx context.Context, name, holding string) error {
 		}
 		p := &nodePatch{annotations: map[string]*string{
 			annotations.Holding:        nil,
-			annotations.Status:         ptr(annotations.StatusReady),
+			annotations.Status:         ptr(status),
 			annotations.Group:          nil,
 			annotations.Since:          nil,
 			annotations.DrainMessage:   nil,
@@ -306,21 +321,26 @@ func (d *Directory) Finish(ctx context.Context, name, holding string) error {
 			annotations.ApprovedBootID: nil,
 			annotations.Waiting:        nil,
 			annotations.WaitingAt:      nil,
+			annotations.DrainFailed:    nil,
 		}}
+		if failed != "" {
+			p.annotations[annotations.DrainFailed] = ptr(failed)
+		}
 		if n.Annotations[annotations.CordonedBy] == annotations.CordonOwner && n.Spec.Unschedulable {
 			p.unschedulable = ptr(false)
 			p.event = "Uncordoned"
 		}
 		return p
-	}, "Released", "reboot cycle finished")
+	}, reason, "%s", message)
 }
 
-// InCycle reports whether the node carries any mark of a reboot cycle.
+// InCycle reports whether the node carries any mark of a reboot cycle. A
+// node whose drain failed (DrainFailed) is in service: in no cycle.
 func InCycle(n *corev1.Node) bool {
 	a := n.Annotations
 	return a[annotations.CordonedBy] != "" || a[annotations.Group] != "" || a[annotations.Since] != "" || a[annotations.Holding] != "" ||
 		a[annotations.DrainMessage] != "" ||
-		(a[annotations.Status] != "" && a[annotations.Status] != annotations.StatusReady)
+		(a[annotations.Status] != "" && a[annotations.Status] != annotations.StatusReady && a[annotations.Status] != annotations.StatusDrainFailed)
 }
 
 // Rebooted reports whether a node approved for a reboot has since come

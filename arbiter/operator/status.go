@@ -200,6 +200,8 @@ func nodeStatus(n *corev1.Node, now time.Time) Node {
 		}
 	}
 	switch {
+	case s.Status == annotations.StatusDrainFailed:
+		s.Reason = drainFailed(a[annotations.DrainFailed], now)
 	case s.Status == annotations.StatusDraining:
 		since(annotations.Since)
 		s.Reason = a[annotations.DrainMessage]
@@ -220,6 +222,21 @@ func nodeStatus(n *corev1.Node, now time.Time) Node {
 		s.Reason = "cordoned by someone else; left alone"
 	}
 	return s
+}
+
+// drainFailed says what blocked a failed drain and when the node may
+// retry, from its rebootmanager/drain-failed ("retry after T: why").
+func drainFailed(mark string, now time.Time) string {
+	at, why, ok := strings.Cut(strings.TrimPrefix(mark, "retry after "), ": ")
+	t, err := time.Parse(time.RFC3339, at)
+	if !ok || err != nil {
+		return "drain failed and gave its slot back: " + mark
+	}
+	when := "may retry now"
+	if left := t.Sub(now); left > 0 {
+		when = fmt.Sprintf("may retry in %s (at %s)", duration.HumanDuration(left), at)
+	}
+	return "drain failed and gave its slot back; " + when + ": " + why
 }
 
 // WriteTable writes the report as two tables: groups, then nodes.

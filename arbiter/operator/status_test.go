@@ -51,6 +51,15 @@ func TestNodeStatus(t *testing.T) {
 			annotations.Waiting: `group "workers" is full`, annotations.WaitingAt: "2026-11-24T11:58:00Z"}),
 			StatusWaiting, "workers", `group "workers" is full (last asked 2m ago)`},
 		{"an admin's cordon", node(true, "b1", nil), annotations.StatusReady, "workers", "cordoned by someone else"},
+		{"drain failed, cooling off", node(false, "b1", map[string]string{annotations.Status: annotations.StatusDrainFailed,
+			annotations.DrainFailed: "retry after 2026-11-24T12:43:00Z: drain did not finish within 1h0m0s: 1 pods remain: ns/web-1"}),
+			annotations.StatusDrainFailed, "workers", "may retry in 43m (at 2026-11-24T12:43:00Z): drain did not finish within 1h0m0s: 1 pods remain: ns/web-1"},
+		{"drain failed, cool-off over", node(false, "b1", map[string]string{annotations.Status: annotations.StatusDrainFailed,
+			annotations.DrainFailed: "retry after 2026-11-24T11:43:00Z: drain did not finish"}),
+			annotations.StatusDrainFailed, "workers", "may retry now: drain did not finish"},
+		{"drain failed, unreadable mark", node(false, "b1", map[string]string{annotations.Status: annotations.StatusDrainFailed,
+			annotations.DrainFailed: "garbled"}),
+			annotations.StatusDrainFailed, "workers", "gave its slot back: garbled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -104,7 +104,7 @@ func parse(args []string) (config, error) {
 	fs.BoolVar(&c.drain.Force, "drain-force", true, "evict pods that no controller manages (otherwise they block the drain)")
 	fs.BoolVar(&c.drain.DeleteEmptyDirData, "drain-delete-emptydir-data", true, "evict pods with emptyDir volumes (otherwise they block the drain)")
 	fs.IntVar(&c.drain.Concurrency, "drain-concurrency", 10, "evictions in flight per node")
-	fs.DurationVar(&c.drain.Timeout, "drain-timeout", 30*time.Minute, "drain time after which the node gets a DrainTimeout Warning Event (the drain goes on; 0 disables)")
+	fs.DurationVar(&c.drain.Timeout, "drain-timeout", time.Hour, "drain timeout of the groups that set no drainTimeout: after it the drain yields its slot (drainTimeoutAction yield, the default) or goes on with a DrainTimeout Warning Event (wait); 0: no timeout")
 	fs.DurationVar(&c.drain.PodTimeout, "drain-pod-timeout", 5*time.Minute, "time one pod may resist eviction before a PodEvictionStuck Warning Event names it (it still blocks; 0 disables)")
 	fs.IntVar(&c.drainWorkers, "drain-workers", 4, "nodes drained in parallel")
 	fs.DurationVar(&c.reconcileInterval, "reconcile-interval", 30*time.Second, "how often to release slots of deleted nodes and clean up leftover cordons")
@@ -227,7 +227,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace)
 	cfg.drain.Metrics = drain.NewMetrics(registry)
 	vols := volumes.NewReader(client)
-	drainer := drain.New(client, directory, semaphore, vols, cfg.drain, log)
+	drainer := drain.New(client, directory, semaphore, vols, settings, cfg.drain, log)
 	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
 		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
 	}, log)

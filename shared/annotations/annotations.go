@@ -46,6 +46,9 @@ const (
 	LastReboot = "rebootmanager/last-reboot"
 	// DrainMessage says why the drain is stuck: refused evictions, a timeout.
 	DrainMessage = "rebootmanager/drain-message"
+	// DrainFailed says, after a drain that yielded its slot, what blocked
+	// it and when the node may retry: "retry after T: pods ...".
+	DrainFailed = "rebootmanager/drain-failed"
 	// Waiting says why the node's last pre-reboot was turned away before it
 	// took a slot (the group is full, say). It is not part of the cycle: a
 	// waiting node is still in service.
@@ -77,6 +80,9 @@ const (
 	// LockHalt, when set, holds the JSON list of why the group is halted:
 	// no slot is granted and no reboot approved until it is lifted.
 	LockHalt = "rebootmanager/halt"
+	// LockCoolOff holds the JSON list of nodes cooling off after a drain
+	// that yielded its slot: each is refused a slot until its time.
+	LockCoolOff = "rebootmanager/cool-off"
 )
 
 // CordonOwner is the value of CordonedBy.
@@ -97,6 +103,10 @@ const (
 	StatusSettling = "Settling"
 	// StatusHalted: the node's cycle failed and halted its group.
 	StatusHalted = "Halted"
+	// StatusDrainFailed: the node's drain did not finish in time and gave
+	// its slot back; the node is in service again, and may retry after
+	// the time in DrainFailed. It is not part of a cycle.
+	StatusDrainFailed = "DrainFailed"
 )
 
 // Values of BootComplete.

@@ -57,6 +57,7 @@ const (
 	KindNotFound         Kind = "not_found"
 	KindLockHeld         Kind = "lock_held"
 	KindDrainInProgress  Kind = "drain_in_progress"
+	KindDrainFailed      Kind = "drain_failed"
 	KindUnknownNode      Kind = "unknown_node"
 	KindAmbiguousID      Kind = "ambiguous_id"
 	KindWrongGroup       Kind = "wrong_group"
@@ -75,7 +76,7 @@ const (
 // Kinds lists every kind, in the order the README documents them.
 var Kinds = []Kind{
 	KindMissingHeader, KindBadRequest, KindMethodNotAllowed, KindNotFound,
-	KindLockHeld, KindDrainInProgress, KindPaused, KindHalted, KindOutsideWindow, KindBlocked, KindMinGap,
+	KindLockHeld, KindDrainInProgress, KindDrainFailed, KindPaused, KindHalted, KindOutsideWindow, KindBlocked, KindMinGap,
 	KindUnknownNode, KindAmbiguousID, KindWrongGroup, KindTooManyGroups, KindUnauthorized, KindForbiddenSource, KindInternal, KindUnavailable,
 }
 
@@ -95,7 +96,7 @@ func (k Kind) Status() int {
 		return http.StatusForbidden
 	case KindAmbiguousID, KindWrongGroup, KindTooManyGroups:
 		return http.StatusConflict
-	case KindLockHeld, KindDrainInProgress, KindPaused, KindHalted, KindOutsideWindow, KindBlocked, KindMinGap:
+	case KindLockHeld, KindDrainInProgress, KindDrainFailed, KindPaused, KindHalted, KindOutsideWindow, KindBlocked, KindMinGap:
 		return http.StatusLocked
 	case KindUnavailable:
 		return http.StatusServiceUnavailable
