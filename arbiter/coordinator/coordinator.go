@@ -61,9 +61,12 @@ type Lock interface {
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
 	// Fresh lists every group's lock object from the API server.
 	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
-	// Cached, CoolingOff and All read the cache: hints, displays and
+	// Leave withdraws the word for a waiting request in the line.
+	Leave(ctx context.Context, group, id string) error
+	// Cached, Line, CoolingOff and All read the cache: hints, displays and
 	// refusals only.
 	Cached(group string) []lock.Holder
+	Line(group string) []lock.Waiter
 	CoolingOff(group, node string) (lock.CoolOff, bool)
 	All() (map[string][]lock.Holder, error)
 }
@@ -238,13 +241,14 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 		}
 	}
 	var deadline <-chan time.Time
+	until := c.now().Add(c.cfg.MaxWait)
 	if c.cfg.MaxWait > 0 {
 		t := time.NewTimer(c.cfg.MaxWait)
 		defer t.Stop()
 		deadline = t.C
 	}
 
-	mine, err := c.takeSlot(ctx, log, p, node, h, deadline)
+	mine, err := c.takeSlot(ctx, log, p, node, h, deadline, until)
 	if err != nil {
 		return err
 	}
@@ -325,113 +329,140 @@ func (c *Coordinator) ambiguous(log *slog.Logger, id, why string) error {
 // takeSlot takes or confirms the caller's slot and returns its record as
 // the lock object holds it. A new holder must first pass the gate (pause,
 // windows, blockers), which Acquire consults only when the fresh lock object
-// shows the id holding nothing; then the semaphore (slots, the minimum gap).
-// Without a deadline it asks once; with one it queues behind earlier waiters
-// and asks again whenever Wake says a slot may be free or the gap has
-// passed, until the deadline. A gate refusal is answered at once.
-func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder, deadline <-chan time.Time) (lock.Holder, error) {
-	try := true
+// shows the id holding nothing; then the semaphore (slots, the minimum gap,
+// the line). Without a deadline it asks once. With one it joins the
+// group's line, kept in the lock object so that every replica grants in
+// order of first arrival, and asks again whenever Wake says its turn may
+// have come, the gap has passed, or the window opens, until the deadline
+// (at until). A host that finds the line full is answered at once, and so
+// is a gate refusal, unless the window opens before the deadline.
+func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder,
+	deadline <-chan time.Time, until time.Time) (lock.Holder, error) {
 	var w *waiter
-	ahead := 0 // when the line is full: the waiters ahead of this request
 	if deadline != nil {
-		var place int
-		w, place = c.queue.join(p.Group, p.ID)
+		holds := c.holdsCached(p.Group, p.ID)
+		if n := c.lineFullCached(p.Group, p.ID); n > 0 && !holds {
+			// The cache can only refuse: the line is full without it.
+			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
+			return lock.Holder{}, c.lineFull(p.Group, n)
+		}
+		if n := c.queue.size(p.Group); n >= c.cfg.MaxWaiters && !holds {
+			// Enough wait on this replica to fill every slot that may
+			// free soon: answer now, and keep the connection for others.
+			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
+			return lock.Holder{}, fleetlock.Errorf(fleetlock.KindLockHeld,
+				"group %q is full, and %d requests wait ahead of this one on this server, the most it holds: ask again later", p.Group, n)
+		}
+		w, _ = c.queue.join(p.Group, p.ID)
 		defer func() {
 			c.queue.leave(p.Group, w)
+			if ctx.Err() != nil {
+				// The client went away: withdraw the word for it, so the
+				// line does not wait on a request that is gone.
+				c.leaveLine(log, p.Group, p.ID)
+			}
 			c.Wake(p.Group) // pass on a wake-up this waiter may have used
 		}()
-		// Behind others, ask only when woken, unless the cache hints that
-		// the id already holds a slot (a wrong hint costs one read).
-		holds := c.holdsCached(p.Group, p.ID)
-		try = place == 0 || holds
-		if place >= c.cfg.MaxWaiters && !holds {
-			// The line is long enough to fill every slot that may free
-			// soon: answer now, and keep the connection for others.
-			ahead, deadline = place, nil
-		}
 	}
 	recheck := time.NewTicker(c.cfg.Recheck)
 	defer recheck.Stop()
-	var gap *time.Timer
+	var timer *time.Timer // the gap's end, or the window's opening
 	defer func() {
-		if gap != nil {
-			gap.Stop()
+		if timer != nil {
+			timer.Stop()
 		}
 	}()
 	noted := ""
 	for {
 		s := c.settings.For(p.Group)
-		var res lock.Result
-		if try {
-			admit := func() error {
-				// A new holder: who asks, on a fresh read of the node (the
-				// token of a host outside the cluster again, which a long
-				// wait may have outlived) ...
-				var n *corev1.Node
-				if node != nil {
-					var err error
-					if n, err = c.nodes.Fresh(ctx, node.Name); err != nil {
-						return err
-					}
-				}
-				if err := c.authenticate(ctx, log, n, p.Group); err != nil {
+		lim := lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}
+		if deadline != nil {
+			lim.Line = lock.Line{Length: c.lineLength(s), Until: minTime(until, c.now().Add(lock.Presence))}
+		}
+		admit := func() error {
+			// A new holder: who asks, on a fresh read of the node (the
+			// token of a host outside the cluster again, which a long
+			// wait may have outlived) ...
+			var n *corev1.Node
+			if node != nil {
+				var err error
+				if n, err = c.nodes.Fresh(ctx, node.Name); err != nil {
 					return err
 				}
-				// ... and no slot of the node in another group, on a
-				// consistent list of the lock objects.
-				if node != nil {
-					if err := c.holdsElsewhere(ctx, log, p.Group, node.Name); err != nil {
-						return err
-					}
-				}
-				return c.gate.Check(ctx, p.Group, s, h.Node)
 			}
-			var err error
-			res, err = c.lock.Acquire(ctx, p.Group, h, lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}, admit)
-			err = haltedKind(err)
-			var fe *fleetlock.Error
-			switch {
-			case errors.As(err, &fe) && (fe.Kind == fleetlock.KindUnauthorized || fe.Kind == fleetlock.KindWrongGroup):
-				return lock.Holder{}, fe
-			case errors.As(err, &fe):
+			if err := c.authenticate(ctx, log, n, p.Group); err != nil {
+				return err
+			}
+			// ... and no slot of the node in another group, on a
+			// consistent list of the lock objects.
+			if node != nil {
+				if err := c.holdsElsewhere(ctx, log, p.Group, node.Name); err != nil {
+					return err
+				}
+			}
+			return c.gate.Check(ctx, p.Group, s, h.Node)
+		}
+		res, err := c.lock.Acquire(ctx, p.Group, h, lim, admit)
+		err = haltedKind(err)
+		var fe *fleetlock.Error
+		var opens <-chan time.Time
+		switch {
+		case errors.As(err, &fe) && (fe.Kind == fleetlock.KindUnauthorized || fe.Kind == fleetlock.KindWrongGroup):
+			return lock.Holder{}, fe
+		case errors.As(err, &fe) && fe.Kind == fleetlock.KindOutsideWindow && deadline != nil:
+			// Wait for the window if it opens before the deadline.
+			at, ok := s.OpensWithin(c.now(), until.Sub(c.now()))
+			if !ok {
 				c.noteWaiting(ctx, log, p.Group, node, fe.Value, &noted)
 				return lock.Holder{}, fe
-			case err != nil && ctx.Err() != nil:
-				return lock.Holder{}, interrupted(ctx, log)
-			case err != nil:
-				return lock.Holder{}, failure(log, "take a reboot slot", err)
-			case res.Granted:
-				if res.Changed {
-					log.Info("slot taken", "slots", s.Slots)
-				}
-				return res.Holder, nil
 			}
-		} else {
-			res.Holders = c.lock.Cached(p.Group)
+			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q waits for its maintenance window, which opens at %s", p.Group, at.UTC().Format(time.RFC3339)), &noted)
+			timer = resetTimer(timer, at.Sub(c.now()))
+			opens = timer.C
+			select {
+			case <-opens:
+			case <-deadline:
+				return lock.Holder{}, fe
+			case <-ctx.Done():
+				return lock.Holder{}, interrupted(ctx, log)
+			}
+			continue
+		case errors.As(err, &fe):
+			c.noteWaiting(ctx, log, p.Group, node, fe.Value, &noted)
+			return lock.Holder{}, fe
+		case err != nil && ctx.Err() != nil:
+			return lock.Holder{}, interrupted(ctx, log)
+		case err != nil:
+			return lock.Holder{}, failure(log, "take a reboot slot", err)
+		case res.Granted:
+			if res.Changed {
+				log.Info("slot taken", "slots", s.Slots, "line", len(res.Line))
+			}
+			return res.Holder, nil
+		}
+		if lim.Line.Length > 0 && res.Place < 0 {
+			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
+			return lock.Holder{}, c.lineFull(p.Group, len(res.Line))
 		}
 		var denial error
 		var gapOver <-chan time.Time
+		inLine := ""
+		if res.Place > 0 {
+			inLine = fmt.Sprintf("; %d hosts are ahead of this one in line", res.Place)
+		}
 		if res.GapLeft > 0 {
-			denial = fleetlock.Errorf(fleetlock.KindMinGap, "group %q grants a slot at most every %s; the next in %s",
-				p.Group, s.MinGap.Duration, res.GapLeft.Round(time.Second))
+			denial = fleetlock.Errorf(fleetlock.KindMinGap, "group %q grants a slot at most every %s; the next in %s%s",
+				p.Group, s.MinGap.Duration, res.GapLeft.Round(time.Second), inLine)
 			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q waits out its minimum gap of %s", p.Group, s.MinGap.Duration), &noted)
-			if gap != nil {
-				gap.Stop()
-			}
-			gap = time.NewTimer(res.GapLeft)
-			gapOver = gap.C
+			timer = resetTimer(timer, res.GapLeft)
+			gapOver = timer.C
 		} else {
-			denial = fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s",
-				p.Group, len(res.Holders), s.Slots, c.describe(res.Holders))
+			denial = fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s%s",
+				p.Group, len(res.Holders), s.Slots, c.describe(res.Holders), inLine)
 			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q is full: %d of %d slots held by %s",
 				p.Group, len(res.Holders), s.Slots, names(res.Holders)), &noted)
 		}
 		if deadline == nil {
-			var fe *fleetlock.Error
-			if ahead > 0 && errors.As(denial, &fe) {
-				c.metrics.lineFull.WithLabelValues(p.Group).Inc()
-				denial = fleetlock.Errorf(fe.Kind, "%s; %d requests wait ahead of this one on this server, the most it holds: ask again later", fe.Value, ahead)
-			}
 			return lock.Holder{}, denial
 		}
 		select {
@@ -443,8 +474,51 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		case <-ctx.Done():
 			return lock.Holder{}, interrupted(ctx, log)
 		}
-		try = true
 	}
+}
+
+// lineLength is how many hosts may wait in a group's line: enough to fill
+// every slot that may free soon.
+func (c *Coordinator) lineLength(s groups.Settings) int { return max(c.cfg.MaxWaiters, 2*s.Slots) }
+
+// lineFullCached returns the length of group's line when the cache shows
+// it full without id, else 0: a refusal only.
+func (c *Coordinator) lineFullCached(group, id string) int {
+	line := c.lock.Line(group)
+	if len(line) < c.lineLength(c.settings.For(group)) || slices.ContainsFunc(line, func(w lock.Waiter) bool { return w.ID == id }) {
+		return 0
+	}
+	return len(line)
+}
+
+// lineFull is the answer to a host that finds the line full.
+func (c *Coordinator) lineFull(group string, n int) error {
+	return fleetlock.Errorf(fleetlock.KindLockHeld,
+		"group %q is full, and %d hosts wait ahead of this one in its line, the most it keeps: ask again later", group, n)
+}
+
+// leaveLine withdraws the word for id's waiting request; best effort,
+// after the request's own context ended.
+func (c *Coordinator) leaveLine(log *slog.Logger, group, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.lock.Leave(ctx, group, id); err != nil {
+		log.Debug("leaving the line failed; the word for the request runs out by itself", "err", err)
+	}
+}
+
+func resetTimer(t *time.Timer, d time.Duration) *time.Timer {
+	if t != nil {
+		t.Stop()
+	}
+	return time.NewTimer(d)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func (c *Coordinator) holdsCached(group, id string) bool {
@@ -722,16 +796,30 @@ func (c *Coordinator) draining(log *slog.Logger, p fleetlock.ClientParams, name 
 	return fleetlock.Errorf(fleetlock.KindDrainInProgress, "node %s is draining: %s", name, msg)
 }
 
-// Wake tells the pre-reboots waiting in group that a slot may have freed:
-// the first as many as the cache shows free slots, and any that already
-// holds one. Call it whenever the group's lock object or slots change.
+// Wake tells the pre-reboots waiting in group that their turn may have
+// come, as the cache shows the lock object: the first hosts in the line
+// with a request waiting now, as many as there are free slots; a waiter
+// the cached line does not show yet, by its place on this replica; and any
+// that already holds a slot. Call it whenever the group's lock object or
+// slots change. A wrong wake-up costs one read; the lock object decides.
 func (c *Coordinator) Wake(group string) {
 	holders := c.lock.Cached(group)
 	held := make(map[string]bool, len(holders))
 	for _, h := range holders {
 		held[h.ID] = true
 	}
-	c.queue.wake(group, c.settings.For(group).Slots-len(holders), held)
+	free := c.settings.For(group).Slots - len(holders)
+	now := c.now()
+	inLine, turn := map[string]bool{}, map[string]bool{}
+	for _, w := range c.lock.Line(group) {
+		inLine[w.ID] = true
+		if w.Present(now) && len(turn) < free {
+			turn[w.ID] = true
+		}
+	}
+	c.queue.wake(group, func(i int, id string) bool {
+		return held[id] || turn[id] || (!inLine[id] && i < free)
+	})
 }
 
 // WakeAll runs Wake for every group with waiters, for example after the

@@ -47,13 +47,13 @@ func (q *waitQueue) leave(group string, w *waiter) {
 	}
 }
 
-// wake signals the first n waiters of group, and any waiter whose id is in
-// holders (it already holds a slot, taken through another replica).
-func (q *waitQueue) wake(group string, n int, holders map[string]bool) {
+// wake signals the waiters of group that due selects, by their place on
+// this replica and their id.
+func (q *waitQueue) wake(group string, due func(i int, id string) bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for i, w := range q.waiters[group] {
-		if i < n || holders[w.id] {
+		if due(i, w.id) {
 			select {
 			case w.wake <- struct{}{}:
 			default:

@@ -175,6 +175,9 @@ func (m *memLock) Cached(string) []lock.Holder {
 	return slices.Clone(m.holders)
 }
 
+func (m *memLock) Leave(context.Context, string, string) error { return nil }
+func (m *memLock) Line(string) []lock.Waiter                   { return nil }
+
 func (m *memLock) CoolingOff(_, node string) (lock.CoolOff, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -495,5 +498,59 @@ func TestWaitersBounded(t *testing.T) {
 	case err := <-b:
 		t.Fatalf("second waiter answered %v while the slot is held", err)
 	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// windowed is a group whose maintenance window opens at 02:00 UTC, and a
+// gate that turns every request away until it is told the window opened.
+type windowed struct {
+	mu   sync.Mutex
+	open bool
+}
+
+func (w *windowed) For(string) groups.Settings {
+	return groups.Settings{Slots: 1, Windows: []groups.Window{{Start: "02:00", End: "04:00"}}}
+}
+func (w *windowed) Ready() error { return nil }
+func (w *windowed) Check(_ context.Context, group string, _ groups.Settings, _ string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.open {
+		return fleetlock.Errorf(fleetlock.KindOutsideWindow, "group %q is outside its maintenance windows", group)
+	}
+	return nil
+}
+
+// TestWaitForWindow: a pre-reboot that finds its group outside its
+// window waits server-side for the window when it opens before the
+// deadline, and is answered outside_window at once when it does not.
+func TestWaitForWindow(t *testing.T) {
+	tests := []struct {
+		name    string
+		now     string // UTC, on some day
+		maxWait time.Duration
+		granted bool
+	}{
+		{"opens in a second, within the wait", "01:59:59", time.Minute, true},
+		{"opens after the wait", "01:00:00", time.Minute, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now, _ := time.Parse("2006-01-02 15:04:05", "2026-12-02 "+tt.now)
+			w := &windowed{}
+			c := New(Deps{noNodes{}, &memLock{}, noNodes{}, w, w}, Config{AllowUnknownNodes: true, Token: hostsToken,
+				MaxWait: tt.maxWait, Recheck: time.Hour}, nil, slog.New(slog.DiscardHandler))
+			c.now = func() time.Time { return now }
+			time.AfterFunc(500*time.Millisecond, func() { w.mu.Lock(); w.open = true; w.mu.Unlock() })
+			start := time.Now()
+			err := c.PreReboot(withToken(context.Background()), fleetlock.ClientParams{ID: "a", Group: "g"})
+			took := time.Since(start)
+			if tt.granted && (err != nil || took < 500*time.Millisecond) {
+				t.Fatalf("PreReboot = %v after %s, want the grant once the window opens", err, took)
+			}
+			if !tt.granted && (!fleetlock.IsKind(err, fleetlock.KindOutsideWindow) || took > 400*time.Millisecond) {
+				t.Fatalf("PreReboot = %v after %s, want outside_window at once", err, took)
+			}
+		})
 	}
 }

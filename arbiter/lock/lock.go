@@ -52,6 +52,11 @@ type Result struct {
 	// GapLeft, on a denial with a slot free, is how long the group's
 	// minimum gap still forbids a grant.
 	GapLeft time.Duration
+	// Place, on a denial in a group with a line, is the caller's index in
+	// it (0: first); -1 when the line is full and the caller not in it.
+	Place int
+	// Line is the group's line after the call.
+	Line []Waiter
 }
 
 // Limits bound the grants in a group.
@@ -60,6 +65,8 @@ type Limits struct {
 	Slots int
 	// MinGap is the least time between two grants.
 	MinGap time.Duration
+	// Line orders the hosts that wait for a slot (zero: no line).
+	Line Line
 }
 
 // Semaphore is the set of group semaphores in one namespace.
@@ -100,58 +107,121 @@ func (s *Semaphore) Get(ctx context.Context, group string) (Object, error) {
 
 // Acquire takes a slot in group for h, or confirms that h.ID already holds
 // one (the lock is recursive: asking again changes nothing). A new holder
-// is refused with a *HaltedError while the group is halted; it must then be
-// admitted: admit, when not nil, runs at most once, and only
-// when h.ID holds nothing; its error is returned as is. It is then denied,
-// without error, when the group already has lim.Slots holders, or when the
-// last grant is more recent than lim.MinGap; holders beyond a lowered slot
-// count keep their slots until they release them. The decision is made on
-// a fresh read from the API server, and the grant time is written in the
-// same compare-and-swap, so replicas agree on the gap. Result.Holder is the
-// caller's record as the API server holds it.
+// is refused with a *HaltedError while the group is halted, and with a
+// *CoolingOffError while its node cools off after a failed drain; it must
+// then be admitted: admit, when not nil, runs at most once, and only when
+// h.ID holds nothing; its error is returned as is (and the caller loses
+// its place in line). It is then denied, without error, when the group
+// already has lim.Slots holders, or when the last grant is more recent
+// than lim.MinGap; holders beyond a lowered slot count keep their slots
+// until they release them.
+//
+// With a line (lim.Line.Length > 0), a free slot goes to the first hosts
+// in line whose request waits now, in order of first arrival: the caller
+// is granted only when fewer entries with a waiting request stand ahead of
+// it than there are free slots, and a denied caller joins the line (or
+// refreshes its entry). Entries not seen for the line's expiry are gone.
+//
+// The decision is made on a fresh read from the API server, and the grant
+// time, the line and the grant itself are written in the same
+// compare-and-swap, so replicas agree on the gap and the order.
+// Result.Holder is the caller's record as the API server holds it.
 func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Limits, admit func() error) (Result, error) {
 	var res Result
+	var refused error
 	admitted := admit == nil
 	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
 		if mine, ok := o.Holder(h.ID); ok {
+			refused = nil
 			res = Result{Granted: true, Holder: mine, Holders: o.Holders}
 			return false, nil
 		}
 		if len(o.Halts) > 0 {
 			return false, &HaltedError{Group: group, Halts: o.Halts}
 		}
-		if c, ok := o.CoolingOff(h.Node, s.now()); ok {
+		now := s.now()
+		if c, ok := o.CoolingOff(h.Node, now); ok {
 			return false, &CoolingOffError{Group: group, CoolOff: c}
 		}
 		if !admitted {
-			if err := admit(); err != nil {
-				return false, err
-			}
-			admitted = true
+			refused, admitted = admit(), true
 		}
-		if len(o.Holders) >= lim.Slots {
-			res = Result{Holders: o.Holders}
-			return false, nil
+		if refused != nil {
+			// Turned away: it loses its place in line.
+			o.Line = slices.Clone(o.Line)
+			return o.leaveLine(h.ID), nil
 		}
-		now := s.now()
-		if left := o.LastGrant.Add(lim.MinGap).Sub(now); lim.MinGap > 0 && left > 0 {
-			res = Result{Holders: o.Holders, GapLeft: left}
-			return false, nil
-		}
-		if h.Since.IsZero() {
-			h.Since = now.UTC() // full precision: a holding is told apart from the next by it
-		}
-		h.Phase = PhaseTaken
-		o.put(h)
-		o.LastGrant = now
-		o.pruneCoolOffs(now)
-		res = Result{Granted: true, Changed: true, Holder: h, Holders: o.Holders}
-		return true, nil
+		var write bool
+		res, write = o.grant(h, lim, now)
+		return write, nil
 	})
+	if err == nil {
+		err = refused
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("acquire a slot in group %q for %s: %w", group, h.ID, err)
 	}
 	return res, nil
+}
+
+// grant decides, on o, whether h takes a slot at now under lim, and
+// changes o accordingly: the new holder, or the caller's entry in the
+// line. It reports whether o changed.
+func (o *Object) grant(h Holder, lim Limits, now time.Time) (Result, bool) {
+	o.Line = slices.Clone(o.Line)
+	lined := lim.Line.Length > 0
+	pruned := lined && o.pruneLine(now, lim.Line.Expiry)
+	free := lim.Slots - len(o.Holders)
+	gapLeft := time.Duration(0)
+	if left := o.LastGrant.Add(lim.MinGap).Sub(now); lim.MinGap > 0 && left > 0 {
+		gapLeft = left
+	}
+	ahead := 0
+	if lined {
+		ahead = o.standing(h.ID, now).presentAhead
+	}
+	if free <= 0 || gapLeft > 0 || ahead >= free {
+		res := Result{Holders: o.Holders, Place: -1}
+		if free > 0 {
+			res.GapLeft = gapLeft
+		}
+		write := pruned
+		if lined {
+			changed, i := o.noteWaiting(h, lim.Line, now)
+			write = write || changed
+			res.Place = i
+		}
+		res.Line = o.Line
+		return res, write
+	}
+	if h.Since.IsZero() {
+		h.Since = now.UTC() // full precision: a holding is told apart from the next by it
+	}
+	h.Phase = PhaseTaken
+	o.put(h)
+	o.leaveLine(h.ID)
+	o.LastGrant = now
+	o.pruneCoolOffs(now)
+	return Result{Granted: true, Changed: true, Holder: h, Holders: o.Holders, Line: o.Line}, true
+}
+
+// Leave withdraws the word for id's waiting request in group's line, when
+// it gives up before its time (its client went away): the host keeps its
+// place, but is passed over until it asks again.
+func (s *Semaphore) Leave(ctx context.Context, group, id string) error {
+	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+		i := slices.IndexFunc(o.Line, func(w Waiter) bool { return w.ID == id })
+		if i < 0 || o.Line[i].Until == nil {
+			return false, nil
+		}
+		o.Line = slices.Clone(o.Line)
+		o.Line[i].Until = nil
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("leave the line of group %q for %s: %w", group, id, err)
+	}
+	return nil
 }
 
 // ErrNotHolder is returned by Advance when the id holds no slot any more:
@@ -400,6 +470,19 @@ func (s *Semaphore) Cached(group string) []Holder {
 		return nil
 	}
 	return holders
+}
+
+// Line returns group's line from the cache: for wake-ups and refusals only.
+func (s *Semaphore) Line(group string) []Waiter {
+	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
+	if err != nil {
+		return nil
+	}
+	o, err := decode(l)
+	if err != nil {
+		return nil
+	}
+	return o.Line
 }
 
 // CoolingOff returns, from the cache, the cool-off in effect for node in

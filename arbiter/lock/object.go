@@ -250,6 +250,8 @@ type Object struct {
 	// CoolOffs are the nodes whose drain failed and gave its slot back:
 	// each is refused a new slot until its Until.
 	CoolOffs []CoolOff
+	// Line are the hosts waiting for a slot, by first arrival.
+	Line []Waiter
 	// ResourceVersion is the version read; a write is conditional on it.
 	ResourceVersion string
 }
@@ -338,6 +340,13 @@ func decode(l *coordinationv1.Lease) (Object, error) {
 			return o, fmt.Errorf("decode the cool-offs of lock object %s: %w", l.Name, err)
 		}
 	}
+	if raw := l.Annotations[annotations.LockLine]; raw != "" {
+		// A line is an order, never a permission: an unreadable one is
+		// dropped, and rebuilt by the next arrivals.
+		if err := json.Unmarshal([]byte(raw), &o.Line); err != nil {
+			o.Line = nil
+		}
+	}
 	var members []legacyHolder
 	if raw := l.Annotations[annotations.LockHolders]; raw != "" {
 		if err := json.Unmarshal([]byte(raw), &members); err != nil {
@@ -412,6 +421,14 @@ func encode(l *coordinationv1.Lease, o Object) error {
 			return fmt.Errorf("encode the cool-offs: %w", err)
 		}
 		l.Annotations[annotations.LockCoolOff] = string(raw)
+	}
+	delete(l.Annotations, annotations.LockLine)
+	if len(o.Line) > 0 {
+		raw, err := json.Marshal(o.Line)
+		if err != nil {
+			return fmt.Errorf("encode the line: %w", err)
+		}
+		l.Annotations[annotations.LockLine] = string(raw)
 	}
 	l.Spec.HolderIdentity = nil
 	if len(names) > 0 {

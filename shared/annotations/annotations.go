@@ -83,6 +83,9 @@ const (
 	// LockCoolOff holds the JSON list of nodes cooling off after a drain
 	// that yielded its slot: each is refused a slot until its time.
 	LockCoolOff = "rebootmanager/cool-off"
+	// LockLine holds the JSON list of the hosts waiting for a slot, in
+	// order of first arrival, so every replica grants in the same order.
+	LockLine = "rebootmanager/line"
 )
 
 // CordonOwner is the value of CordonedBy.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -55,11 +56,15 @@ func TestDrainYield(t *testing.T) {
 	if !strings.Contains(failed.Error(), "PodDisruptionBudget") || !strings.Contains(failed.Error(), "web") {
 		t.Errorf("drain_failed reply %q does not name the blocking pods and budget", failed)
 	}
-	n := getNode(t, stuck.name)
-	if n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusDrainFailed ||
-		!strings.HasPrefix(n.Annotations[annotations.DrainFailed], "retry after ") || n.Annotations[annotations.CordonedBy] != "" {
-		t.Errorf("node after its drain yielded: unschedulable=%v annotations=%v", n.Spec.Unschedulable, n.Annotations)
-	}
+	// The slot is given back first; the node is put back in service just after.
+	harness.Eventually(t, 10*time.Second, "the node back in service, DrainFailed", func() error {
+		n := getNode(t, stuck.name)
+		if n.Spec.Unschedulable || n.Annotations[annotations.Status] != annotations.StatusDrainFailed ||
+			!strings.HasPrefix(n.Annotations[annotations.DrainFailed], "retry after ") || n.Annotations[annotations.CordonedBy] != "" {
+			return fmt.Errorf("unschedulable=%v annotations=%v", n.Spec.Unschedulable, n.Annotations)
+		}
+		return nil
+	})
 	eventOn(ctx, t, stuck.name, "DrainFailed")
 	if v, _ := metric(t, a, "rebootmanager_drain_yields_total", map[string]string{"group": fleetlock.DefaultGroup}); v != 1 {
 		t.Errorf("rebootmanager_drain_yields_total = %v, want 1", v)
