@@ -76,6 +76,7 @@ type Semaphore struct {
 	lister    coordinationlisters.LeaseLister
 	now       func() time.Time
 	fresh     *sharedRead[map[string][]Holder]
+	metrics   *Metrics
 }
 
 // New returns a Semaphore that writes through client and reads the cheap,
@@ -83,7 +84,7 @@ type Semaphore struct {
 // the Leases labelled Label in namespace. A one-shot command that uses only
 // Acquire, Release and Fresh may pass a nil lister.
 func New(client coordinationclient.LeasesGetter, lister coordinationlisters.LeaseLister, namespace string) *Semaphore {
-	s := &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now}
+	s := &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now, metrics: NewMetrics(nil)}
 	s.fresh = &sharedRead[map[string][]Holder]{read: s.list, timeout: 30 * time.Second, spacing: FreshSpacing}
 	return s
 }
@@ -598,20 +599,24 @@ func (s *Semaphore) Update(ctx context.Context, group string, change func(*Objec
 		if create {
 			written, err = leases.Create(ctx, l, metav1.CreateOptions{})
 			if apierrors.IsAlreadyExists(err) {
+				s.metrics.conflicts.Inc()
 				continue
 			}
 		} else {
 			written, err = leases.Update(ctx, l, metav1.UpdateOptions{})
 			if apierrors.IsConflict(err) {
+				s.metrics.conflicts.Inc()
 				continue
 			}
 		}
 		if err != nil {
 			return Object{}, fmt.Errorf("write lock object %s: %w", name, err)
 		}
+		s.metrics.writes.Inc()
 		o.ResourceVersion = written.ResourceVersion
 		return o, nil
 	}
+	s.metrics.contention.Inc()
 	return Object{}, ErrContention
 }
 

@@ -83,3 +83,39 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.overdue, prometheus.GaugeValue, float64(overdue), group)
 	}
 }
+
+// Metrics count the lock objects' compare-and-swaps.
+type Metrics struct {
+	writes     prometheus.Counter
+	conflicts  prometheus.Counter
+	contention prometheus.Counter
+}
+
+// NewMetrics returns the semaphore's metrics, registered with reg when it
+// is not nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		writes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rebootmanager_lock_writes_total",
+			Help: "Lock object writes (compare-and-swaps) that succeeded.",
+		}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rebootmanager_lock_conflicts_total",
+			Help: "Lock object writes that lost their compare-and-swap and were retried on a new read.",
+		}),
+		contention: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rebootmanager_lock_contention_total",
+			Help: "Lock operations that lost every one of their compare-and-swap attempts (answered 503).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.writes, m.conflicts, m.contention)
+	}
+	return m
+}
+
+// WithMetrics makes s count its compare-and-swaps in m, and returns s.
+func (s *Semaphore) WithMetrics(m *Metrics) *Semaphore {
+	s.metrics = m
+	return s
+}

@@ -224,7 +224,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	settings := groups.NewStore(cfg.namespace, cfg.groupsConfigMap, groups.NewMetrics(registry))
 	directory := nodes.New(client, nodeInformer, recorder)
-	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace)
+	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lock.NewMetrics(registry))
 	cfg.drain.Metrics = drain.NewMetrics(registry)
 	vols := volumes.NewReader(client)
 	drainer := drain.New(client, directory, semaphore, vols, settings, cfg.drain, log)
