@@ -23,7 +23,7 @@ import (
 )
 
 // setGroups writes the groups ConfigMap the arbiter watches.
-func setGroups(t *testing.T, ns, doc string) {
+func setGroups(t testing.TB, ns, doc string) {
 	t.Helper()
 	ctx := context.Background()
 	cms := cluster.Client.CoreV1().ConfigMaps(ns)

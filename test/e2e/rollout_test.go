@@ -21,9 +21,20 @@ import (
 // disruption) must be drained, against an arbiter run with args.
 func rollout(tb testing.TB, n int, scale float64, args ...string) ([]fleetsim.Timeline, fleetsim.Summary) {
 	tb.Helper()
+	return rolloutWith(tb, n, 0, "", scale, args...)
+}
+
+// rolloutWith is rollout with, besides the n hosts, stuck more whose drain
+// can never finish (two pods whose PodDisruptionBudget allows no
+// disruption), and the groups settings doc ("" for the default).
+func rolloutWith(tb testing.TB, n, stuck int, doc string, scale float64, args ...string) ([]fleetsim.Timeline, fleetsim.Summary) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	ns := cluster.Namespace(tb)
+	if doc != "" {
+		setGroups(tb, ns, doc)
+	}
 	nodes := newNodes(tb, ns, n, nil)
 	replicas := int32(2 * n)
 	if err := fixtures.CreateGuarded(ctx, cluster.Client, ns, "web", ns, replicas, replicas-1); err != nil {
@@ -32,11 +43,21 @@ func rollout(tb testing.TB, n int, scale float64, args ...string) ([]fleetsim.Ti
 	if err := fixtures.WaitRunning(ctx, cluster.Client, ns, "app=web", int(replicas)); err != nil {
 		tb.Fatal(err)
 	}
-	a := startArbiter(tb, ns, append([]string{"--log-level", "warn"}, args...)...)
-	hosts := make([]fleetsim.Host, n)
-	for i, nd := range nodes {
-		hosts[i] = fleetsim.Host{Node: nd.name, ID: nd.id}
+	hosts := make([]fleetsim.Host, 0, n+stuck)
+	for _, nd := range nodes {
+		hosts = append(hosts, fleetsim.Host{Node: nd.name, ID: nd.id})
 	}
+	if stuck > 0 {
+		pool := ns + "-stuck"
+		bad := newNodes(tb, ns, stuck, func(_ int, s *fixtures.NodeSpec) { s.Name += "-stuck"; s.Labels["pool"] = pool })
+		if err := fixtures.CreateGuarded(ctx, cluster.Client, ns, "stuck", pool, int32(2*stuck), int32(2*stuck)); err != nil {
+			tb.Fatal(err)
+		}
+		for _, nd := range bad {
+			hosts = append(hosts, fleetsim.Host{Node: nd.name, ID: nd.id, Stuck: true})
+		}
+	}
+	a := startArbiter(tb, ns, append([]string{"--log-level", "warn"}, args...)...)
 	timelines, sum, err := fleetsim.Run(ctx, fleetsim.Config{
 		Client: cluster.Client, BaseURL: a.url, Namespace: ns, Group: fleetlock.DefaultGroup, Slots: 1,
 		Hosts: hosts, Scale: scale, RebootTime: 60 * time.Second, KubeletDelay: 10 * time.Second, Seed: 1,
@@ -93,5 +114,38 @@ func BenchmarkRollout(b *testing.B) {
 				b.ReportMetric(float64(sum.Violations), "violations")
 			}
 		})
+	}
+}
+
+// BenchmarkRolloutBadNode: the P2 rollout with long-poll, plus one host
+// whose PodDisruptionBudget can never be satisfied, with the drain timeout
+// scaled down to 10 s and the cool-off to 60 s. Each time the bad host
+// takes the slot its drain yields after the timeout; the others all
+// complete. Makespan over the ideal Σ(drain+reboot) of the hosts that
+// finished shows what the bad host costs.
+func BenchmarkRolloutBadNode(b *testing.B) {
+	n := 19
+	if v, err := strconv.Atoi(os.Getenv("BENCH_ROLLOUT_HOSTS")); err == nil && v > 1 {
+		n = v - 1
+	}
+	for b.Loop() {
+		timelines, sum := rolloutWith(b, n, 1, "defaults: {slots: 1, drainTimeout: 10s, drainCoolOff: 60s}\n", 100, "--max-wait", "5m")
+		yields := 0
+		for _, tl := range timelines {
+			if tl.Host.Stuck {
+				yields = tl.DrainFailed
+				if tl.Err != nil {
+					b.Fatalf("stuck host: %v", tl.Err)
+				}
+			}
+		}
+		if sum.Finished != n {
+			b.Fatalf("%d of %d good hosts finished", sum.Finished, n)
+		}
+		b.ReportMetric(sum.Makespan.Seconds(), "makespan-s")
+		b.ReportMetric(sum.Ratio, "makespan/ideal")
+		b.ReportMetric((sum.Drain + sum.Reboot).Seconds(), "ideal-s")
+		b.ReportMetric(float64(yields), "drain_failed-answers")
+		b.ReportMetric(float64(sum.Violations), "violations")
 	}
 }

@@ -49,6 +49,9 @@ type Host struct {
 	Node string
 	// ID is its Zincati id.
 	ID string
+	// Stuck marks a host whose drain can never finish: it asks on every
+	// tick until the others are done, and must never be approved.
+	Stuck bool
 }
 
 // Config describes one simulated rollout.
@@ -95,6 +98,8 @@ type Timeline struct {
 	Up time.Time
 	// Released is when the lock watch saw its slot freed.
 	Released time.Time
+	// DrainFailed counts the answers drain_failed (a stuck host's).
+	DrainFailed int
 	// Err is why the host did not finish, if it did not.
 	Err error
 }
@@ -114,13 +119,21 @@ func Run(ctx context.Context, cfg Config) ([]Timeline, Summary, error) {
 	client := &fleetlock.Client{BaseURL: cfg.BaseURL}
 	start := time.Now()
 	timelines := make([]Timeline, len(cfg.Hosts))
-	var wg sync.WaitGroup
+	var wg, stuck sync.WaitGroup
+	stuckCtx, stopStuck := context.WithCancel(ctx)
+	defer stopStuck()
 	for i, h := range cfg.Hosts {
 		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(i)))
+		if h.Stuck {
+			stuck.Go(func() { timelines[i] = stuckHost(stuckCtx, cfg, client, h, rng) })
+			continue
+		}
 		wg.Go(func() { timelines[i] = host(ctx, cfg, client, w, h, rng) })
 	}
 	wg.Wait()
 	end := time.Now()
+	stopStuck()
+	stuck.Wait()
 
 	changes, locked, freed := w.snapshot()
 	var errs []error
@@ -219,6 +232,34 @@ func host(ctx context.Context, cfg Config, client *fleetlock.Client, w *lockWatc
 		}
 	}
 	return t
+}
+
+// stuckHost runs the Zincati agent of a host whose drain never finishes:
+// it asks on every tick until ctx ends, and records an approval as an
+// error (it would reboot with its pods on it).
+func stuckHost(ctx context.Context, cfg Config, client *fleetlock.Client, h Host, rng *rand.Rand) Timeline {
+	t := Timeline{Host: h, Staged: time.Now()}
+	p := fleetlock.ClientParams{ID: h.ID, Group: cfg.Group}
+	tick := func() time.Duration {
+		return time.Duration(float64(Tick+time.Duration(rng.Int64N(int64(Tick/10)))) / cfg.Scale)
+	}
+	for {
+		t.Asks++
+		err := client.PreReboot(ctx, p)
+		switch {
+		case err == nil:
+			t.Approved = time.Now()
+			t.Err = errors.New("approved although its drain cannot finish")
+			return t
+		case fleetlock.IsKind(err, fleetlock.KindDrainFailed):
+			t.DrainFailed++
+		}
+		select {
+		case <-time.After(tick()):
+		case <-ctx.Done():
+			return t
+		}
+	}
 }
 
 // change is the group's holder count from one instant on.
