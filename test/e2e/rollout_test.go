@@ -21,20 +21,31 @@ import (
 // disruption) must be drained, against an arbiter run with args.
 func rollout(tb testing.TB, n int, scale float64, args ...string) ([]fleetsim.Timeline, fleetsim.Summary) {
 	tb.Helper()
-	return rolloutWith(tb, n, 0, "", scale, args...)
+	return rolloutWith(tb, n, fleet{}, scale, args...)
 }
 
-// rolloutWith is rollout with, besides the n hosts, stuck more whose drain
-// can never finish (two pods whose PodDisruptionBudget allows no
-// disruption), and the groups settings doc ("" for the default).
-func rolloutWith(tb testing.TB, n, stuck int, doc string, scale float64, args ...string) ([]fleetsim.Timeline, fleetsim.Summary) {
+// fleet varies a rollout.
+type fleet struct {
+	// stuck hosts are added whose drain can never finish (two pods whose
+	// PodDisruptionBudget allows no disruption).
+	stuck int
+	// replicas of the arbiter serve the hosts, host i the replica i%replicas
+	// (default 1).
+	replicas int
+	// groups is the groups settings ("" for the default).
+	groups string
+}
+
+// rolloutWith is rollout with the fleet f.
+func rolloutWith(tb testing.TB, n int, f fleet, scale float64, args ...string) ([]fleetsim.Timeline, fleetsim.Summary) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	ns := cluster.Namespace(tb)
-	if doc != "" {
-		setGroups(tb, ns, doc)
+	if f.groups != "" {
+		setGroups(tb, ns, f.groups)
 	}
+	stuck := f.stuck
 	nodes := newNodes(tb, ns, n, nil)
 	replicas := int32(2 * n)
 	if err := fixtures.CreateGuarded(ctx, cluster.Client, ns, "web", ns, replicas, replicas-1); err != nil {
@@ -57,9 +68,12 @@ func rolloutWith(tb testing.TB, n, stuck int, doc string, scale float64, args ..
 			hosts = append(hosts, fleetsim.Host{Node: nd.name, ID: nd.id, Stuck: true})
 		}
 	}
-	a := startArbiter(tb, ns, append([]string{"--log-level", "warn"}, args...)...)
+	var urls []string
+	for range max(f.replicas, 1) {
+		urls = append(urls, startArbiter(tb, ns, append([]string{"--log-level", "warn"}, args...)...).url)
+	}
 	timelines, sum, err := fleetsim.Run(ctx, fleetsim.Config{
-		Client: cluster.Client, BaseURL: a.url, Namespace: ns, Group: fleetlock.DefaultGroup, Slots: 1,
+		Client: cluster.Client, BaseURLs: urls, Namespace: ns, Group: fleetlock.DefaultGroup, Slots: 1,
 		Hosts: hosts, Scale: scale, RebootTime: 60 * time.Second, KubeletDelay: 10 * time.Second, Seed: 1,
 	})
 	var table strings.Builder
@@ -129,7 +143,7 @@ func BenchmarkRolloutBadNode(b *testing.B) {
 		n = v - 1
 	}
 	for b.Loop() {
-		timelines, sum := rolloutWith(b, n, 1, "defaults: {slots: 1, drainTimeout: 10s, drainCoolOff: 60s}\n", 100, "--max-wait", "5m")
+		timelines, sum := rolloutWith(b, n, fleet{stuck: 1, groups: "defaults: {slots: 1, drainTimeout: 10s, drainCoolOff: 60s}\n"}, 100, "--max-wait", "5m")
 		yields := 0
 		for _, tl := range timelines {
 			if tl.Host.Stuck {
@@ -146,6 +160,26 @@ func BenchmarkRolloutBadNode(b *testing.B) {
 		b.ReportMetric(sum.Ratio, "makespan/ideal")
 		b.ReportMetric((sum.Drain + sum.Reboot).Seconds(), "ideal-s")
 		b.ReportMetric(float64(yields), "drain_failed-answers")
+		b.ReportMetric(float64(sum.Violations), "violations")
+	}
+}
+
+// BenchmarkRolloutReplicas: the P2 rollout with long-poll through two
+// replicas, host i asking replica i%2: the grants follow the hosts' first
+// requests, whichever replica each reached (inversions: pairs granted out
+// of that order).
+func BenchmarkRolloutReplicas(b *testing.B) {
+	n := 20
+	if v, err := strconv.Atoi(os.Getenv("BENCH_ROLLOUT_HOSTS")); err == nil && v > 0 {
+		n = v
+	}
+	for b.Loop() {
+		_, sum := rolloutWith(b, n, fleet{replicas: 2}, 100, "--max-wait", "5m")
+		if sum.Finished != n {
+			b.Fatalf("%d of %d hosts finished", sum.Finished, n)
+		}
+		b.ReportMetric(float64(sum.Inversions), "inversions")
+		b.ReportMetric(sum.Ratio, "makespan/ideal")
 		b.ReportMetric(float64(sum.Violations), "violations")
 	}
 }

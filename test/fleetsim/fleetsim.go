@@ -60,6 +60,9 @@ type Config struct {
 	Client kubernetes.Interface
 	// BaseURL is the FleetLock server's base URL, as in Zincati's drop-in.
 	BaseURL string
+	// BaseURLs, when set, are several replicas' base URLs: host i asks
+	// BaseURLs[i % len], as a Service spreading its connections would.
+	BaseURLs []string
 	// Namespace is the FleetLock server's namespace, where its lock Leases live.
 	Namespace string
 	// Group is every host's group.
@@ -116,7 +119,10 @@ func Run(ctx context.Context, cfg Config) ([]Timeline, Summary, error) {
 	}
 	defer w.stop()
 
-	client := &fleetlock.Client{BaseURL: cfg.BaseURL}
+	urls := cfg.BaseURLs
+	if len(urls) == 0 {
+		urls = []string{cfg.BaseURL}
+	}
 	start := time.Now()
 	timelines := make([]Timeline, len(cfg.Hosts))
 	var wg, stuck sync.WaitGroup
@@ -124,6 +130,7 @@ func Run(ctx context.Context, cfg Config) ([]Timeline, Summary, error) {
 	defer stopStuck()
 	for i, h := range cfg.Hosts {
 		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(i)))
+		client := &fleetlock.Client{BaseURL: urls[i%len(urls)]}
 		if h.Stuck {
 			stuck.Go(func() { timelines[i] = stuckHost(stuckCtx, cfg, client, h, rng) })
 			continue

@@ -27,6 +27,9 @@ type Summary struct {
 	// object saw it; Violations counts the changes that put the holders
 	// over Slots.
 	MaxHolders, Violations int
+	// Inversions counts the pairs of finished hosts granted a slot in the
+	// other order than they first asked for one.
+	Inversions int
 	// Ratio is Makespan over the ideal, (Drain+Reboot)/Slots: 1.0 means no
 	// slot ever stood idle while a host waited, and each was released the
 	// moment its node was back.
@@ -70,10 +73,28 @@ func summarize(timelines []Timeline, changes []change, slots int, start, end tim
 		}
 	}
 	s.Idle = idle(timelines, changes, slots)
+	s.Inversions = inversions(timelines)
 	if busy := s.Drain + s.Reboot; busy > 0 && slots > 0 {
 		s.Ratio = float64(s.Makespan) / (float64(busy) / float64(slots))
 	}
 	return s
+}
+
+// inversions counts the pairs of finished hosts whose slots were taken in
+// the other order than their first requests went out.
+func inversions(timelines []Timeline) int {
+	n := 0
+	for i, a := range timelines {
+		for _, b := range timelines[i+1:] {
+			if a.Released.IsZero() || b.Released.IsZero() || a.Locked.IsZero() || b.Locked.IsZero() {
+				continue
+			}
+			if a.Staged.Before(b.Staged) != a.Locked.Before(b.Locked) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // idle sums, over time, the free slots that a waiting host could have
@@ -113,9 +134,9 @@ func idle(timelines []Timeline, changes []change, slots int) time.Duration {
 
 // String is the summary in one table.
 func (s Summary) String() string {
-	return fmt.Sprintf("hosts %d/%d  makespan %s  Σlock-wait %s  Σdrain %s  Σreboot %s  Σreturn %s  idle %s  max holders %d  violations %d  makespan/ideal %.2f",
+	return fmt.Sprintf("hosts %d/%d  makespan %s  Σlock-wait %s  Σdrain %s  Σreboot %s  Σreturn %s  idle %s  max holders %d  violations %d  inversions %d  makespan/ideal %.2f",
 		s.Finished, s.Hosts, s.Makespan.Round(time.Millisecond), s.LockWait.Round(time.Millisecond), s.Drain.Round(time.Millisecond),
-		s.Reboot.Round(time.Millisecond), s.Return.Round(time.Millisecond), s.Idle.Round(time.Millisecond), s.MaxHolders, s.Violations, s.Ratio)
+		s.Reboot.Round(time.Millisecond), s.Return.Round(time.Millisecond), s.Idle.Round(time.Millisecond), s.MaxHolders, s.Violations, s.Inversions, s.Ratio)
 }
 
 // WriteTimelines prints one line per host, times relative to the first
