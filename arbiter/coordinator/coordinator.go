@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strings"
@@ -364,7 +365,9 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			c.Wake(p.Group) // pass on a wake-up this waiter may have used
 		}()
 	}
-	recheck := time.NewTicker(c.cfg.Recheck)
+	// A waiter asks again every Recheck even unwoken, and often enough to
+	// keep up the word for its waiting request in the line.
+	recheck := time.NewTicker(min(c.cfg.Recheck, lock.Presence/3))
 	defer recheck.Stop()
 	var timer *time.Timer // the gap's end, or the window's opening
 	defer func() {
@@ -400,7 +403,19 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 					return err
 				}
 			}
-			return c.gate.Check(ctx, p.Group, s, h.Node)
+			err := c.gate.Check(ctx, p.Group, s, h.Node)
+			if fleetlock.IsKind(err, fleetlock.KindBlocked) {
+				return lock.LosePlace(err) // blocked: it never holds up the line
+			}
+			return err
+		}
+		checkAuth := admit
+		admit = func() error {
+			err := checkAuth()
+			if fleetlock.IsKind(err, fleetlock.KindUnauthorized) || fleetlock.IsKind(err, fleetlock.KindWrongGroup) {
+				return lock.LosePlace(err)
+			}
+			return err
 		}
 		res, err := c.lock.Acquire(ctx, p.Group, h, lim, admit)
 		err = haltedKind(err)
@@ -417,10 +432,14 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 				return lock.Holder{}, fe
 			}
 			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q waits for its maintenance window, which opens at %s", p.Group, at.UTC().Format(time.RFC3339)), &noted)
-			timer = resetTimer(timer, at.Sub(c.now()))
+			// A little jitter, so the waiters of every replica do not all
+			// write the lock object in the same instant; the line keeps
+			// their order.
+			timer = resetTimer(timer, at.Sub(c.now())+rand.N(2*time.Second))
 			opens = timer.C
 			select {
 			case <-opens:
+			case <-recheck.C: // keep up the word for this request in the line
 			case <-deadline:
 				return lock.Holder{}, fe
 			case <-ctx.Done():
@@ -432,6 +451,17 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			return lock.Holder{}, fe
 		case err != nil && ctx.Err() != nil:
 			return lock.Holder{}, interrupted(ctx, log)
+		case errors.Is(err, lock.ErrContention) && deadline != nil:
+			// Many wrote at once: a waiter has time to ask again.
+			log.Debug("lock object contended; asking again", "err", err)
+			select {
+			case <-time.After(50*time.Millisecond + rand.N(200*time.Millisecond)):
+				continue
+			case <-deadline:
+			case <-ctx.Done():
+				return lock.Holder{}, interrupted(ctx, log)
+			}
+			return lock.Holder{}, failure(log, "take a reboot slot", err)
 		case err != nil:
 			return lock.Holder{}, failure(log, "take a reboot slot", err)
 		case res.Granted:
@@ -482,10 +512,17 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 func (c *Coordinator) lineLength(s groups.Settings) int { return max(c.cfg.MaxWaiters, 2*s.Slots) }
 
 // lineFullCached returns the length of group's line when the cache shows
-// it full without id, else 0: a refusal only.
+// the group full and its line full of live entries without id, else 0: a
+// refusal only. (Expired entries are not counted: only a grant prunes
+// them, and it must be reached.)
 func (c *Coordinator) lineFullCached(group, id string) int {
-	line := c.lock.Line(group)
-	if len(line) < c.lineLength(c.settings.For(group)) || slices.ContainsFunc(line, func(w lock.Waiter) bool { return w.ID == id }) {
+	s := c.settings.For(group)
+	holders := c.lock.Cached(group)
+	if len(holders) < s.Slots {
+		return 0
+	}
+	line := lock.Live(c.lock.Line(group), holders, c.now())
+	if len(line) < c.lineLength(s) || slices.ContainsFunc(line, func(w lock.Waiter) bool { return w.ID == id }) {
 		return 0
 	}
 	return len(line)
@@ -609,9 +646,11 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			// between leaves a cordon with this holding's mark, which the
 			// reconciler removes.)
 			decided := h.Stage()
+			now := c.now().UTC()
 			if h, err = c.advance(ctx, p, h, func(r *lock.Holder) {
 				if r.Stage() == decided {
-					r.Phase, r.Approval = lock.PhaseDraining, nil
+					r.Phase, r.Approval, r.DrainingSince = lock.PhaseDraining, nil, &now
+					r.ApprovedBefore = r.ApprovedBefore || decided == lock.PhaseApproved
 				}
 			}); err != nil {
 				return c.failed(ctx, log, "record the drain", err)

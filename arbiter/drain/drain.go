@@ -375,8 +375,12 @@ func (d *Drainer) sync(ctx context.Context, name string) (passResult, error) {
 	msg := strings.Join(blocked, "; ")
 	s := d.settings.For(group)
 	timeout := cmp.Or(s.DrainTimeout.Duration, d.cfg.Timeout)
-	if timeout > 0 && d.now().Sub(holder.Since) > timeout {
-		if s.Yields() {
+	started := holder.Since
+	if holder.DrainingSince != nil {
+		started = *holder.DrainingSince
+	}
+	if timeout > 0 && d.now().Sub(started) > timeout {
+		if s.Yields() && !holder.ApprovedBefore {
 			return finished, d.yield(ctx, log, node, group, holder, pending, blocked, s, timeout)
 		}
 		msg = strings.TrimSuffix(fmt.Sprintf("drain running for over %s; %s", timeout, msg), "; ")
@@ -408,6 +412,10 @@ func (d *Drainer) yield(ctx context.Context, log *slog.Logger, node *corev1.Node
 	if len(blocked) > 0 {
 		why += "; " + strings.Join(blocked, "; ")
 	}
+	if len(why) > maxWhy {
+		// It is kept in the lock object, whose annotations are bounded.
+		why = strings.ToValidUTF8(why[:maxWhy], "") + "…"
+	}
 	until := d.now().Add(s.CoolOff()).UTC()
 	yielded, err := d.cycle.Yield(ctx, group, h.ID, h.Since, lock.CoolOff{Node: node.Name, Until: until, Message: why})
 	if err != nil || !yielded {
@@ -424,6 +432,9 @@ func (d *Drainer) yield(ctx context.Context, log *slog.Logger, node *corev1.Node
 	}
 	return nil
 }
+
+// maxWhy bounds what a failed drain records of what blocked it.
+const maxWhy = 1024
 
 // recordVolumes adds the PersistentVolumes of pods to the holder's record,
 // by compare-and-swap, before any of them is evicted. A pod's volumes are

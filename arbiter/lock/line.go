@@ -32,8 +32,9 @@ type Waiter struct {
 const SeenRefresh = time.Minute
 
 // Presence is how long a replica vouches, at a time, for a request that
-// waits: it extends the word once less than half of it is left, so a
-// replica that crashes holds up the line for at most this long.
+// waits: the request asks again every Presence/3 at most, and the word is
+// extended once less than half of it is left, so a replica that crashes
+// holds up the line for at most this long (with replica clocks in step).
 const Presence = time.Minute
 
 // Present reports whether a request of w waits now.
@@ -62,6 +63,14 @@ const DefaultLineExpiry = 11 * time.Minute
 type place struct {
 	index        int // in the line, -1 when not in it
 	presentAhead int // entries ahead of it with a request waiting now
+}
+
+// Live returns the entries of line that have not expired at now and do
+// not name a holder: for the cache's refusals.
+func Live(line []Waiter, holders []Holder, now time.Time) []Waiter {
+	o := Object{Holders: holders, Line: slices.Clone(line)}
+	o.pruneLine(now, DefaultLineExpiry)
+	return o.Line
 }
 
 // pruneLine drops the entries that expired and those of holders, and
@@ -125,7 +134,8 @@ func (o *Object) noteWaiting(h Holder, l Line, now time.Time) (bool, int) {
 	if now.Sub(w.Seen) >= SeenRefresh {
 		w.Seen, changed = now.UTC(), true
 	}
-	// Extend the word for a waiting request before it runs out.
+	// Extend the word for a waiting request before it runs out (its
+	// replica asks again at least every Presence/3).
 	if until != nil && (w.Until == nil || w.Until.Sub(now) < Presence/2) && until.After(derefTime(w.Until)) {
 		w.Until, changed = until, true
 	}

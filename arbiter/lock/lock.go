@@ -111,8 +111,8 @@ func (s *Semaphore) Get(ctx context.Context, group string) (Object, error) {
 // is refused with a *HaltedError while the group is halted, and with a
 // *CoolingOffError while its node cools off after a failed drain; it must
 // then be admitted: admit, when not nil, runs at most once, and only when
-// h.ID holds nothing; its error is returned as is (and the caller loses
-// its place in line). It is then denied, without error, when the group
+// h.ID holds nothing; its error is returned wrapped, and the caller keeps
+// its place in line unless the error is wrapped by LosePlace. It is then denied, without error, when the group
 // already has lim.Slots holders, or when the last grant is more recent
 // than lim.MinGap; holders beyond a lowered slot count keep their slots
 // until they release them.
@@ -148,9 +148,20 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 			refused, admitted = admit(), true
 		}
 		if refused != nil {
-			// Turned away: it loses its place in line.
 			o.Line = slices.Clone(o.Line)
-			return o.leaveLine(h.ID), nil
+			var lose *losePlace
+			if errors.As(refused, &lose) {
+				return o.leaveLine(h.ID), nil
+			}
+			// Turned away for now (a closed window, a pause, an API
+			// error): the host keeps its place, and its word is kept up.
+			if lim.Line.Length > 0 {
+				if i := slices.IndexFunc(o.Line, func(w Waiter) bool { return w.ID == h.ID }); i >= 0 {
+					changed, _ := o.noteWaiting(h, lim.Line, now)
+					return changed, nil
+				}
+			}
+			return false, nil
 		}
 		var write bool
 		res, write = o.grant(h, lim, now)
@@ -205,6 +216,16 @@ func (o *Object) grant(h Holder, lim Limits, now time.Time) (Result, bool) {
 	o.pruneCoolOffs(now)
 	return Result{Granted: true, Changed: true, Holder: h, Holders: o.Holders, Line: o.Line}, true
 }
+
+// LosePlace marks an admission refusal that costs the host its place in
+// line (a blocker in its way, a failed authentication): Acquire then
+// removes its entry. Any other refusal keeps the place.
+func LosePlace(err error) error { return &losePlace{err} }
+
+type losePlace struct{ err error }
+
+func (e *losePlace) Error() string { return e.err.Error() }
+func (e *losePlace) Unwrap() error { return e.err }
 
 // Leave withdraws the word for id's waiting request in group's line, when
 // it gives up before its time (its client went away): the host keeps its
@@ -288,15 +309,16 @@ func (s *Semaphore) Approve(ctx context.Context, group, id string, since time.Ti
 
 // Yield gives back the slot of the holding of id that started at since,
 // whose drain failed, and turns its node away until c.Until, in one
-// compare-and-swap: only while the holding is not approved, so a node
-// approved a moment ago (empty, on a consistent read) keeps its slot. It
-// reports whether this call yielded the slot.
+// compare-and-swap: only while the holding is not approved and never was,
+// so a node approved a moment ago (empty, on a consistent read), or one
+// answered 200 before its pods came back, keeps its slot. It reports
+// whether this call yielded the slot.
 func (s *Semaphore) Yield(ctx context.Context, group, id string, since time.Time, c CoolOff) (bool, error) {
 	var yielded bool
 	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
 		yielded = false
 		h, ok := o.Holder(id)
-		if !ok || !h.Since.Equal(since) || h.Stage() == PhaseApproved {
+		if !ok || !h.Since.Equal(since) || h.Stage() == PhaseApproved || h.ApprovedBefore {
 			return false, nil
 		}
 		o.Remove(func(x Holder) bool { return x.ID == id })

@@ -101,11 +101,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rebootmanager_lock_conflicts_total",
-			Help: "Lock object writes that lost their compare-and-swap and were retried on a new read.",
+			Help: "Lock object writes that lost their compare-and-swap (each retried on a new read, up to 8 attempts per operation).",
 		}),
 		contention: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rebootmanager_lock_contention_total",
-			Help: "Lock operations that lost every one of their compare-and-swap attempts (answered 503).",
+			Help: "Lock operations that lost all 8 of their compare-and-swap attempts and changed nothing (a request's is answered 503).",
 		}),
 	}
 	if reg != nil {

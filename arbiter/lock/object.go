@@ -70,6 +70,13 @@ type Holder struct {
 	Phase Phase `json:"phase,omitempty"`
 	// Approval is what the node was when its reboot was approved.
 	Approval *Approval `json:"approval,omitempty"`
+	// DrainingSince is when the holding last moved to Draining: its drain
+	// timeout counts from then.
+	DrainingSince *time.Time `json:"drainingSince,omitempty"`
+	// ApprovedBefore is set when an approved holding is drained again
+	// (pods came back before the reboot): it was answered 200 once, so
+	// its drain never yields.
+	ApprovedBefore bool `json:"approvedBefore,omitempty"`
 	// SteadyStateAt is when the holder's steady-state arrived after the
 	// approval: the slot is released only once its node is back too.
 	SteadyStateAt *time.Time `json:"steadyStateAt,omitempty"`
@@ -336,8 +343,11 @@ func decode(l *coordinationv1.Lease) (Object, error) {
 		}
 	}
 	if raw := l.Annotations[annotations.LockCoolOff]; raw != "" {
+		// A cool-off only turns a node away for a while, and a node given a
+		// slot again drains again: an unreadable record is dropped rather
+		// than fail every operation on the group.
 		if err := json.Unmarshal([]byte(raw), &o.CoolOffs); err != nil {
-			return o, fmt.Errorf("decode the cool-offs of lock object %s: %w", l.Name, err)
+			o.CoolOffs = nil
 		}
 	}
 	if raw := l.Annotations[annotations.LockLine]; raw != "" {

@@ -145,7 +145,7 @@ func TestCoolOffRecord(t *testing.T) {
 	if _, ok := l.Annotations[annotations.LockCoolOff]; ok {
 		t.Error("a cool-off that is over stayed on the object")
 	}
-	if _, err := DecodeObject(lease(map[string]string{annotations.LockCoolOff: "{not json"})); err == nil {
-		t.Error("an unreadable cool-off record decoded without error")
+	if o, err := DecodeObject(lease(map[string]string{annotations.LockCoolOff: "{not json"})); err != nil || len(o.CoolOffs) != 0 {
+		t.Errorf("an unreadable cool-off record decoded to %+v (%v), want it dropped: the group must stay usable", o.CoolOffs, err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -253,15 +254,23 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}); err != nil {
 		return fmt.Errorf("watch the groups ConfigMap: %w", err)
 	}
-	// A change of a lock object wakes its group's waiting pre-reboots and
-	// hands its Draining nodes to the drainer (a hint: it confirms fresh).
-	if err := onChange(leaseInformer, func(obj any) {
+	// A change of a lock object wakes its group's waiting pre-reboots and,
+	// when its holders changed (not only its line), hands its Draining
+	// nodes to the drainer and its approved ones to the finisher (hints:
+	// they confirm fresh). A change of the line alone must not cut short
+	// the drainer's backoff on refused evictions.
+	onLease := func(old, obj any) {
 		l, ok := obj.(*coordinationv1.Lease)
 		if !ok {
 			return
 		}
 		decider.Wake(l.Annotations[annotations.LockGroup])
 		holders, _ := lock.Decode(l)
+		if o, ok := old.(*coordinationv1.Lease); ok {
+			if before, err := lock.Decode(o); err == nil && slices.EqualFunc(before, holders, lock.Holder.Equal) {
+				return
+			}
+		}
 		for _, h := range holders {
 			switch {
 			case h.Node != "" && h.Stage() == lock.PhaseDraining:
@@ -270,6 +279,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 				finisher.Kick() // a steady-state, or a node seen back
 			}
 		}
+	}
+	if _, err := leaseInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { onLease(nil, obj) },
+		UpdateFunc: onLease,
+		DeleteFunc: func(any) {},
 	}); err != nil {
 		return fmt.Errorf("watch the lock objects: %w", err)
 	}
