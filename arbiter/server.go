@@ -135,6 +135,9 @@ func serve(c *gin.Context, cfg Config, decide func(context.Context, fleetlock.Cl
 	}
 	err = decide(ctx, p)
 	if err != nil {
+		// Zincati asks again a tick (5 minutes) later: a connection kept
+		// alive that long only takes a place that others need.
+		c.Header("Connection", "close")
 		reply(c, err)
 		return err
 	}
@@ -178,6 +181,8 @@ func joinPath(base, p string) string {
 // to send its headers (slow-loris) and 30 s for the whole request, headers
 // are capped at 64 KiB (431 beyond) and bodies at fleetlock.MaxBodyBytes.
 // There is no write timeout: a reply may legitimately take long (long-poll).
+// An idle kept-alive connection is closed after 30 s, and a connection
+// that was answered non-2xx at once: Zincati asks once per tick.
 // Serve it on Listen's listener to bound the connections too.
 func NewServer(addr string, h http.Handler) *http.Server {
 	return &http.Server{
@@ -185,7 +190,7 @@ func NewServer(addr string, h http.Handler) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
 }

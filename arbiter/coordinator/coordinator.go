@@ -489,8 +489,9 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		} else {
 			denial = fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s%s",
 				p.Group, len(res.Holders), s.Slots, c.describe(res.Holders), inLine)
-			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q is full: %d of %d slots held by %s",
-				p.Group, len(res.Holders), s.Slots, names(res.Holders)), &noted)
+			// The same words through every hand-off: a mark that named the
+			// holders would cost every waiting node a write at each one.
+			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q is full: all %d slots are held", p.Group, s.Slots), &noted)
 		}
 		if deadline == nil {
 			return lock.Holder{}, denial

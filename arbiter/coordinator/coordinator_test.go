@@ -254,7 +254,7 @@ func TestPreReboot(t *testing.T) {
 		{"the label says nothing: the default group", &fake{found: []*corev1.Node{inGroup("n1", "")}}, false,
 			fleetlock.KindWrongGroup, `in group "default"`, "", ""},
 		{"group full", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("x", "n9", lock.PhaseDraining)}}, false,
-			fleetlock.KindLockHeld, "n9", `Acquire Fresh List Check SetWaiting(group "g" is full: 1 of 1 slots held by n9)`, ""},
+			fleetlock.KindLockHeld, "n9", `Acquire Fresh List Check SetWaiting(group "g" is full: all 1 slots are held)`, ""},
 		{"gate refuses: no slot taken", &fake{found: []*corev1.Node{n1}, gateErr: fleetlock.Errorf(fleetlock.KindPaused, "paused")}, false,
 			fleetlock.KindPaused, "paused", "Acquire Fresh List Check SetWaiting(paused)", ""},
 		{"gate cannot list pods: fails closed", &fake{found: []*corev1.Node{n1}, gateErr: errors.New("apiserver down")}, false,

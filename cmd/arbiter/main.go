@@ -181,9 +181,16 @@ func newLogger(cfg config) *slog.Logger {
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
-	client, _, err := kubeclient.New(cfg.kubeconfig, "reboot-manager-arbiter")
+	client, restConfig, err := kubeclient.New(cfg.kubeconfig, "reboot-manager-arbiter")
 	if err != nil {
 		return err
+	}
+	// Leader election and the API server probe get a client, and so a
+	// client-side rate limiter, of their own: a burst of requests must
+	// never cost the leader its lease or the replica its readiness.
+	control, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("build the leader election client: %w", err)
 	}
 	if cfg.identity == "" {
 		host, _ := os.Hostname()
@@ -234,7 +241,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}, log)
 	finisher := finish.New(directory, semaphore, client.CoordinationV1().Leases(corev1.NamespaceNodeLease), settings,
 		finish.Config{MaxDowntime: cfg.maxDowntime, Metrics: finish.NewMetrics(registry)}, log)
-	apiServer := apihealth.Start(ctx, client.Discovery().RESTClient(), 2*time.Second, log)
+	apiServer := apihealth.Start(ctx, control.Discovery().RESTClient(), 2*time.Second, log)
 	decider := coordinator.New(coordinator.Deps{
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
 	}, coordinator.Config{
@@ -387,7 +394,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	go func() {
 		defer close(leaderDone)
 		if cfg.leaderElection {
-			leader.Run(ctx, client.CoordinationV1(), leader.Config{Namespace: cfg.namespace, Name: cfg.leaseName, Identity: cfg.identity}, log, term)
+			leader.Run(ctx, control.CoordinationV1(), leader.Config{Namespace: cfg.namespace, Name: cfg.leaseName, Identity: cfg.identity}, log, term)
 		} else {
 			term(ctx)
 		}
