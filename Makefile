@@ -44,7 +44,7 @@ bench: cluster-up
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 60m ./test/e2e/ | tee $(BIN)/bench.txt
 
 bench-quick: cluster-up
-	BENCH_NODES=1000 BENCH_PODS=5000 BENCH_DRAIN_PODS=30 BENCH_ROLLOUT_HOSTS=6 $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 10m ./test/e2e/
+	BENCH_NODES=1000 BENCH_PODS=5000 BENCH_DRAIN_PODS=30 BENCH_ROLLOUT_HOSTS=6 BENCH_P5_HOSTS=200 BENCH_P5_ROUNDS=2 $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 10m ./test/e2e/
 
 cluster-up:
 	test/cluster/cluster.sh up

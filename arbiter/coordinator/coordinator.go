@@ -367,7 +367,11 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 	}
 	// A waiter asks again every Recheck even unwoken, and often enough to
 	// keep up the word for its waiting request in the line.
-	recheck := time.NewTicker(min(c.cfg.Recheck, lock.Presence/3))
+	// Each waiter on its own rhythm (±25%): waiters that arrived together
+	// must not all write the lock object in the same instant.
+	every := min(c.cfg.Recheck, lock.Presence/3)
+	jittered := func() time.Duration { return every*3/4 + rand.N(every/2+1) }
+	recheck := time.NewTimer(jittered())
 	defer recheck.Stop()
 	var timer *time.Timer // the gap's end, or the window's opening
 	defer func() {
@@ -376,7 +380,10 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		}
 	}()
 	noted := ""
-	for {
+	for first := true; ; first = false {
+		if !first {
+			recheck.Reset(jittered())
+		}
 		s := c.settings.For(p.Group)
 		lim := lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}
 		if deadline != nil {

@@ -32,8 +32,8 @@ type Waiter struct {
 const SeenRefresh = time.Minute
 
 // Presence is how long a replica vouches, at a time, for a request that
-// waits: the request asks again every Presence/3 at most, and the word is
-// extended once less than half of it is left, so a replica that crashes
+// waits: the request asks again about every Presence/3, and the word is
+// extended once less than two thirds of it are left, so a replica that crashes
 // holds up the line for at most this long (with replica clocks in step).
 const Presence = time.Minute
 
@@ -136,7 +136,7 @@ func (o *Object) noteWaiting(h Holder, l Line, now time.Time) (bool, int) {
 	}
 	// Extend the word for a waiting request before it runs out (its
 	// replica asks again at least every Presence/3).
-	if until != nil && (w.Until == nil || w.Until.Sub(now) < Presence/2) && until.After(derefTime(w.Until)) {
+	if until != nil && (w.Until == nil || w.Until.Sub(now) < Presence*2/3) && until.After(derefTime(w.Until)) {
 		w.Until, changed = until, true
 	}
 	return changed, i

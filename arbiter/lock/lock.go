@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -77,6 +78,44 @@ type Semaphore struct {
 	now       func() time.Time
 	fresh     *sharedRead[map[string][]Holder]
 	metrics   *Metrics
+
+	// decoded memoizes the decoding of the cache's lock objects, one per
+	// name at its resourceVersion: every request reads them several
+	// times, and they change far less often.
+	mu      sync.Mutex
+	decoded map[string]decodedLease
+}
+
+type decodedLease struct {
+	version string
+	o       Object
+	err     error
+}
+
+// decodeCached decodes a lock object of the cache, once per version. The
+// result is shared: do not modify it.
+func (s *Semaphore) decodeCached(l *coordinationv1.Lease) (Object, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, ok := s.decoded[l.Name]; ok && d.version == l.ResourceVersion {
+		return d.o, d.err
+	}
+	o, err := decode(l)
+	if s.decoded == nil {
+		s.decoded = map[string]decodedLease{}
+	}
+	s.decoded[l.Name] = decodedLease{version: l.ResourceVersion, o: o, err: err}
+	return o, err
+}
+
+// cachedObject is group's lock object from the cache, decoded.
+func (s *Semaphore) cachedObject(group string) (Object, bool) {
+	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
+	if err != nil {
+		return Object{}, false
+	}
+	o, err := s.decodeCached(l)
+	return o, err == nil
 }
 
 // New returns a Semaphore that writes through client and reads the cheap,
@@ -484,41 +523,20 @@ func (s *Semaphore) SteadyState(ctx context.Context, group string, match func(Ho
 // may lag: use it to turn a request away, as a hint or to show state, never
 // to say yes.
 func (s *Semaphore) Cached(group string) []Holder {
-	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
-	if err != nil {
-		return nil
-	}
-	holders, err := Decode(l)
-	if err != nil {
-		return nil
-	}
-	return holders
+	o, _ := s.cachedObject(group)
+	return o.Holders
 }
 
 // Line returns group's line from the cache: for wake-ups and refusals only.
 func (s *Semaphore) Line(group string) []Waiter {
-	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
-	if err != nil {
-		return nil
-	}
-	o, err := decode(l)
-	if err != nil {
-		return nil
-	}
+	o, _ := s.cachedObject(group)
 	return o.Line
 }
 
 // CoolingOff returns, from the cache, the cool-off in effect for node in
 // group, if any: for refusals only.
 func (s *Semaphore) CoolingOff(group, node string) (CoolOff, bool) {
-	l, err := s.lister.Leases(s.namespace).Get(ObjectName(group))
-	if err != nil {
-		return CoolOff{}, false
-	}
-	o, err := decode(l)
-	if err != nil {
-		return CoolOff{}, false
-	}
+	o, _ := s.cachedObject(group)
 	return o.CoolingOff(node, s.now())
 }
 
@@ -528,7 +546,15 @@ func (s *Semaphore) All() (map[string][]Holder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list lock objects: %w", err)
 	}
-	return byGroup(leases)
+	all := make(map[string][]Holder, len(leases))
+	for _, l := range leases {
+		o, err := s.decodeCached(l)
+		if err != nil {
+			return nil, err
+		}
+		all[l.Annotations[annotations.LockGroup]] = o.Holders
+	}
+	return all, nil
 }
 
 // Halts returns every halted group's halt from the cache: for displays
@@ -540,7 +566,7 @@ func (s *Semaphore) Halts() (map[string][]Halt, error) {
 	}
 	out := map[string][]Halt{}
 	for _, l := range leases {
-		if o, err := decode(l); err == nil && len(o.Halts) > 0 {
+		if o, err := s.decodeCached(l); err == nil && len(o.Halts) > 0 {
 			out[o.Group] = o.Halts
 		}
 	}

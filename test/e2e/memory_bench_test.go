@@ -104,22 +104,28 @@ func residentMiB(b testing.TB, pid int) float64 {
 // from /proc: the heap and stacks, and the pages of the binary in use.
 func residentSplit(b testing.TB, pid int) (anon, file float64) {
 	b.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := procStatusMiB(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
+	return st["RssAnon"] + st["RssShmem"], st["RssFile"]
+}
+
+// procStatusMiB reads the sizes of /proc/PID/status (VmRSS, VmHWM,
+// RssAnon, ...), in MiB, keyed by name without the colon.
+func procStatusMiB(pid int) (map[string]float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
 	for _, line := range strings.Split(string(raw), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 2 {
+		if len(f) < 3 || f[2] != "kB" {
 			continue
 		}
 		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "RssAnon:", "RssShmem:":
-			anon += kb / 1024
-		case "RssFile:":
-			file += kb / 1024
-		}
+		out[strings.TrimSuffix(f[0], ":")] = kb / 1024
 	}
-	return anon, file
+	return out, nil
 }

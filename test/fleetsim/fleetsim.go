@@ -113,11 +113,11 @@ func Run(ctx context.Context, cfg Config) ([]Timeline, Summary, error) {
 	if cfg.Scale <= 0 {
 		cfg.Scale = 1
 	}
-	w, err := watchLock(ctx, cfg.Client, cfg.Namespace, cfg.Group)
+	w, err := WatchLock(ctx, cfg.Client, cfg.Namespace, cfg.Group)
 	if err != nil {
 		return nil, Summary{}, err
 	}
-	defer w.stop()
+	defer w.Stop()
 
 	urls := cfg.BaseURLs
 	if len(urls) == 0 {
@@ -157,7 +157,7 @@ func Run(ctx context.Context, cfg Config) ([]Timeline, Summary, error) {
 }
 
 // host runs one Zincati agent through its rollout.
-func host(ctx context.Context, cfg Config, client *fleetlock.Client, w *lockWatch, h Host, rng *rand.Rand) Timeline {
+func host(ctx context.Context, cfg Config, client *fleetlock.Client, w *LockWatch, h Host, rng *rand.Rand) Timeline {
 	t := Timeline{Host: h}
 	p := fleetlock.ClientParams{ID: h.ID, Group: cfg.Group}
 	scaled := func(d time.Duration) time.Duration { return time.Duration(float64(d) / cfg.Scale) }
@@ -275,8 +275,9 @@ type change struct {
 	holders int
 }
 
-// lockWatch records every change of the group's lock object.
-type lockWatch struct {
+// LockWatch records every change of a group's lock object, independently
+// of the server's word.
+type LockWatch struct {
 	stop func()
 
 	mu      sync.Mutex
@@ -285,9 +286,11 @@ type lockWatch struct {
 	freed   map[string]time.Time // id → when last seen no longer holding
 }
 
-func watchLock(ctx context.Context, c kubernetes.Interface, namespace, group string) (*lockWatch, error) {
+// WatchLock watches group's lock object in namespace until ctx ends or
+// Stop is called; holdings from before the call are not recorded.
+func WatchLock(ctx context.Context, c kubernetes.Interface, namespace, group string) (*LockWatch, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &lockWatch{stop: cancel, locked: map[string]time.Time{}, freed: map[string]time.Time{}}
+	w := &LockWatch{stop: cancel, locked: map[string]time.Time{}, freed: map[string]time.Time{}}
 	factory := informers.NewSharedInformerFactoryWithOptions(c, 0, informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + lock.ObjectName(group) }))
 	inf := factory.Coordination().V1().Leases().Informer()
@@ -341,16 +344,36 @@ func watchLock(ctx context.Context, c kubernetes.Interface, namespace, group str
 	return w, nil
 }
 
-func (w *lockWatch) snapshot() ([]change, map[string]time.Time, map[string]time.Time) {
+// Stop ends the watch.
+func (w *LockWatch) Stop() { w.stop() }
+
+// FreedAfter returns when the watch saw id's slot freed, if after t.
+func (w *LockWatch) FreedAfter(id string, t time.Time) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f, ok := w.freed[id]
+	return f, ok && f.After(t)
+}
+
+// MaxHolders is the most holders the watch saw at once.
+func (w *LockWatch) MaxHolders() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	most := 0
+	for _, c := range w.changes {
+		most = max(most, c.holders)
+	}
+	return most
+}
+
+func (w *LockWatch) snapshot() ([]change, map[string]time.Time, map[string]time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]change(nil), w.changes...), maps.Clone(w.locked), maps.Clone(w.freed)
 }
 
 // freedSince reports whether the watch saw id's slot freed after t.
-func (w *lockWatch) freedSince(id string, t time.Time) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	f, ok := w.freed[id]
-	return ok && f.After(t)
+func (w *LockWatch) freedSince(id string, t time.Time) bool {
+	_, ok := w.FreedAfter(id, t)
+	return ok
 }
