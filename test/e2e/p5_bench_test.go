@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -121,7 +122,7 @@ func p5Run(b *testing.B, cfg p5Config) {
 		return err
 	}
 
-	args := []string{"--log-level", "warn", "--max-wait", "20s"}
+	args := []string{"--log-level", cmp.Or(os.Getenv("BENCH_P5_LOG_LEVEL"), "warn"), "--max-wait", "20s"}
 	var a *arbiter
 	if path := os.Getenv("BENCH_P5_ARBITER"); path != "" {
 		a = startArbiterBinary(b, path, ns, args...)
