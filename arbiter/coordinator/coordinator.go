@@ -140,7 +140,7 @@ type Config struct {
 	// connections that releases and new requests need.
 	MaxWaiters int
 	// LineLength is how many waiting hosts a group's line records, in
-	// order of first arrival (default 10); hosts beyond it are answered
+	// order of first arrival (default 100); hosts beyond it are answered
 	// at once and ask again next tick.
 	LineLength int
 	// VolumeDetachTimeout, when positive, bounds the wait for the evicted
@@ -184,7 +184,7 @@ func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 		cfg.MaxWaiters = 10
 	}
 	if cfg.LineLength <= 0 {
-		cfg.LineLength = 10
+		cfg.LineLength = 100
 	}
 	return &Coordinator{nodes: deps.Nodes, lock: deps.Lock, drainer: deps.Drainer, settings: deps.Settings, gate: deps.Gate,
 		cfg: cfg, log: log, now: time.Now, metrics: m, queue: newWaitQueue()}
@@ -497,19 +497,7 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			}
 			return res.Holder, nil
 		}
-		if res.Contended && deadline != nil {
-			// Others joined the line at the same moment: join a little later.
-			select {
-			case <-time.After(50*time.Millisecond + rand.N(450*time.Millisecond)):
-				continue
-			case <-deadline:
-				return lock.Holder{}, fleetlock.Errorf(fleetlock.KindLockHeld, "group %q has %d of %d slots taken, by %s",
-					p.Group, len(res.Holders), s.Slots, c.describe(res.Holders))
-			case <-ctx.Done():
-				return lock.Holder{}, interrupted(ctx, log)
-			}
-		}
-		if lim.Line.Length > 0 && res.Place < 0 && !res.Contended {
+		if lim.Line.Length > 0 && res.Place < 0 {
 			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
 			return lock.Holder{}, c.lineFull(p.Group, len(res.Line))
 		}

@@ -58,12 +58,6 @@ type Result struct {
 	Place int
 	// Line is the group's line after the call.
 	Line []Waiter
-	// Contended, on a denial, says the caller could not join the line
-	// because others wrote the lock object at the same moment: it may ask
-	// again at once.
-	Contended bool
-
-	joined bool // this call added the caller to the line
 }
 
 // Limits bound the grants in a group.
@@ -176,7 +170,6 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 	var res Result
 	var refused error
 	admitted := admit == nil
-	attempts := 0
 	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
 		if mine, ok := o.Holder(h.ID); ok {
 			refused = nil
@@ -210,15 +203,7 @@ func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Lim
 			return false, nil
 		}
 		var write bool
-		attempts++
 		res, write = o.grant(h, lim, now)
-		if attempts > 1 && res.joined {
-			// Joining the line is tried once: many hosts that arrive at
-			// once must not each retry against all the others. It asks
-			// again shortly.
-			res = Result{Holders: o.Holders, Place: -1, Line: o.Line, Contended: true}
-			return false, nil
-		}
 		return write, nil
 	})
 	if err == nil {
@@ -253,11 +238,9 @@ func (o *Object) grant(h Holder, lim Limits, now time.Time) (Result, bool) {
 		}
 		write := pruned
 		if lined {
-			before := len(o.Line)
 			changed, i := o.noteWaiting(h, lim.Line, now)
 			write = write || changed
 			res.Place = i
-			res.joined = len(o.Line) > before
 		}
 		res.Line = o.Line
 		return res, write
