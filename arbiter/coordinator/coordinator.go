@@ -139,10 +139,6 @@ type Config struct {
 	// with their place in line, so waiting requests never hold the
 	// connections that releases and new requests need.
 	MaxWaiters int
-	// LineLength is how many waiting hosts a group's line records, in
-	// order of first arrival (default 100); hosts beyond it are answered
-	// at once and ask again next tick.
-	LineLength int
 	// VolumeDetachTimeout, when positive, bounds the wait for the evicted
 	// pods' volumes to be detached once they are unmounted; after it the
 	// reboot is approved with a VolumeDetachTimeout Warning Event.
@@ -182,9 +178,6 @@ func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 	}
 	if cfg.MaxWaiters <= 0 {
 		cfg.MaxWaiters = 10
-	}
-	if cfg.LineLength <= 0 {
-		cfg.LineLength = 100
 	}
 	return &Coordinator{nodes: deps.Nodes, lock: deps.Lock, drainer: deps.Drainer, settings: deps.Settings, gate: deps.Gate,
 		cfg: cfg, log: log, now: time.Now, metrics: m, queue: newWaitQueue()}
@@ -347,8 +340,6 @@ func (c *Coordinator) ambiguous(log *slog.Logger, id, why string) error {
 func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder,
 	deadline <-chan time.Time, until time.Time) (lock.Holder, error) {
 	var w *waiter
-	lined := deadline != nil // long-poll: the group's line orders the waiters
-	crowded := 0             // when this replica holds enough waiters: how many
 	if deadline != nil {
 		holds := c.holdsCached(p.Group, p.ID)
 		if n := c.lineFullCached(p.Group, p.ID); n > 0 && !holds {
@@ -358,19 +349,11 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		}
 		if n := c.queue.size(p.Group); n >= c.cfg.MaxWaiters && !holds {
 			// Enough wait on this replica to fill every slot that may
-			// free soon: ask once, which keeps the host's place in line,
-			// and answer now, keeping the connection for others.
-			crowded, deadline = n, nil
-			if place, ok := c.placeCached(p.Group, p.ID); ok {
-				// Its place is recorded, and fresh, and the group full:
-				// the cache can say no without a read.
-				c.metrics.lineFull.WithLabelValues(p.Group).Inc()
-				return lock.Holder{}, fleetlock.Errorf(fleetlock.KindLockHeld,
-					"group %q is full; %d hosts are ahead of this one in line, and %d requests wait on this server, the most it holds: ask again later", p.Group, place, n)
-			}
+			// free soon: answer now, and keep the connection for others.
+			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
+			return lock.Holder{}, fleetlock.Errorf(fleetlock.KindLockHeld,
+				"group %q is full, and %d requests wait ahead of this one on this server, the most it holds: ask again later", p.Group, n)
 		}
-	}
-	if deadline != nil {
 		w, _ = c.queue.join(p.Group, p.ID)
 		defer func() {
 			c.queue.leave(p.Group, w)
@@ -403,11 +386,8 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		}
 		s := c.settings.For(p.Group)
 		lim := lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}
-		if lined {
-			lim.Line = lock.Line{Length: c.lineLength(s)}
-			if deadline != nil { // this request waits: vouch for it
-				lim.Line.Until = minTime(until, c.now().Add(lock.Presence))
-			}
+		if deadline != nil {
+			lim.Line = lock.Line{Length: c.lineLength(s), Until: minTime(until, c.now().Add(lock.Presence))}
 		}
 		admit := func() error {
 			// A new holder: who asks, on a fresh read of the node (the
@@ -504,10 +484,7 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		var denial error
 		var gapOver <-chan time.Time
 		inLine := ""
-		if crowded > 0 {
-			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
-			inLine = fmt.Sprintf("; %d hosts are ahead of this one in line, and %d requests wait on this server, the most it holds: ask again later", res.Place, crowded)
-		} else if res.Place > 0 {
+		if res.Place > 0 {
 			inLine = fmt.Sprintf("; %d hosts are ahead of this one in line", res.Place)
 		}
 		if res.GapLeft > 0 {
@@ -538,10 +515,9 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 	}
 }
 
-// lineLength is how many hosts a group's line records: LineLength, or
-// four times the slots if more. Only MaxWaiters of them wait on a replica
-// at once; the others keep their place and ask again next tick.
-func (c *Coordinator) lineLength(s groups.Settings) int { return max(c.cfg.LineLength, 4*s.Slots) }
+// lineLength is how many hosts may wait in a group's line: enough to fill
+// every slot that may free soon.
+func (c *Coordinator) lineLength(s groups.Settings) int { return max(c.cfg.MaxWaiters, 2*s.Slots) }
 
 // lineFullCached returns the length of group's line when the cache shows
 // the group full and its line full of live entries without id, else 0: a
@@ -558,22 +534,6 @@ func (c *Coordinator) lineFullCached(group, id string) int {
 		return 0
 	}
 	return len(line)
-}
-
-// placeCached returns id's place in group's line when the cache shows the
-// group full and id's entry seen recently enough that asking would not
-// refresh it: a refusal only.
-func (c *Coordinator) placeCached(group, id string) (int, bool) {
-	holders := c.lock.Cached(group)
-	if len(holders) < c.settings.For(group).Slots {
-		return 0, false
-	}
-	for i, w := range c.lock.Line(group) {
-		if w.ID == id {
-			return i, c.now().Sub(w.Seen) < lock.SeenRefresh
-		}
-	}
-	return 0, false
 }
 
 // lineFull is the answer to a host that finds the line full.

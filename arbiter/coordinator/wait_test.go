@@ -482,7 +482,7 @@ func TestWaitersBounded(t *testing.T) {
 	a, b := ask(t, ctx, c, "a"), ask(t, ctx, c, "b")
 	start := time.Now()
 	err := c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: "late", Group: "g"})
-	if !fleetlock.IsKind(err, fleetlock.KindLockHeld) || !strings.Contains(err.Error(), "2 requests wait on this server") {
+	if !fleetlock.IsKind(err, fleetlock.KindLockHeld) || !strings.Contains(err.Error(), "2 requests wait ahead") {
 		t.Fatalf("third waiter = %v, want lock_held naming 2 ahead", err)
 	}
 	if d := time.Since(start); d > time.Second {

@@ -63,7 +63,6 @@ type config struct {
 	allowUnknownNodes bool
 	maxWait           time.Duration
 	maxWaiters        int
-	lineLength        int
 	sourceBinding     bool
 	sourcePodBridge   bool
 	requireCredential bool
@@ -97,7 +96,6 @@ func parse(args []string) (config, error) {
 	fs.IntVar(&c.maxGroups, "max-groups", 64, "most lock objects that hosts outside the cluster may create by naming new groups")
 	fs.BoolVar(&c.requireCredential, "require-node-credential", false, "refuse (401) requests for a Node without a host credential, instead of serving them unprotected; turn on once every node runs the agent")
 	fs.DurationVar(&c.maxWait, "max-wait", 5*time.Minute, "how long a pre-reboot may wait server-side for a slot (first come, first served) or for its drain before a 423; 0 answers at once (plain polling); keep it well under Zincati's 30-minute request timeout")
-	fs.IntVar(&c.lineLength, "line-length", 100, "waiting hosts each group's line records, in order of first arrival, across replicas (at least 4 × slots); later ones are answered 423 at once and ask again next tick")
 	fs.IntVar(&c.maxWaiters, "max-waiters", 10, "pre-reboots that may wait server-side (-max-wait) per group on this replica; later ones are answered 423 at once with their place in line, so waiters never hold the connections that releases need")
 	fs.BoolVar(&c.sourceBinding, "source-binding", false, "accept a request for a Node without a credential only from one of its addresses (InternalIP, ExternalIP); 403 forbidden_source otherwise. Only for setups that keep the host's address: the arbiter in hostNetwork, or a CNI without masquerade or tunnel for host-to-pod traffic")
 	fs.BoolVar(&c.sourcePodBridge, "source-binding-pod-bridge", false, "under -source-binding, also count the first address of the node's pod CIDR as the node's (bridge CNIs; unsafe if the IPAM can hand that address to a pod)")
@@ -141,9 +139,6 @@ func parse(args []string) (config, error) {
 	}
 	if c.maxHold < 0 || c.maxDowntime < 0 || c.volumeDetach < 0 {
 		return c, errors.New("-max-hold, -max-downtime and -volume-detach-timeout must not be negative")
-	}
-	if c.lineLength < 1 {
-		return c, errors.New("-line-length must be at least 1")
 	}
 	if c.maxWaiters < 1 {
 		return c, errors.New("-max-waiters must be at least 1")
@@ -250,7 +245,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	decider := coordinator.New(coordinator.Deps{
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
 	}, coordinator.Config{
-		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, MaxWaiters: cfg.maxWaiters, LineLength: cfg.lineLength, MaxGroups: cfg.maxGroups,
+		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, MaxWaiters: cfg.maxWaiters, MaxGroups: cfg.maxGroups,
 		SourceBinding: cfg.sourceBinding, SourcePodBridge: cfg.sourcePodBridge,
 		RequireNodeCredential: cfg.requireCredential, Token: tokenStore.For, VolumeDetachTimeout: cfg.volumeDetach,
 	}, coordinator.NewMetrics(registry), log)

@@ -150,7 +150,7 @@ func TestReleaseNotStarved(t *testing.T) {
 		for i, ch := range answers {
 			select {
 			case got := <-ch:
-				if !fleetlock.IsKind(got.err, fleetlock.KindLockHeld) || !strings.Contains(got.err.Error(), "ask again later") {
+				if !fleetlock.IsKind(got.err, fleetlock.KindLockHeld) || !strings.Contains(got.err.Error(), "wait ahead of this one") {
 					t.Fatalf("waiter %d beyond the line = %v, want lock_held with its place", i, got.err)
 				}
 				answers[i] = nil

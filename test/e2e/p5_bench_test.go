@@ -469,7 +469,7 @@ func (s *p5Stats) count(err error) bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		k := string(fleetlock.KindOf(err))
-		if strings.Contains(err.Error(), "ask again later") {
+		if strings.Contains(err.Error(), "wait ahead of this one") {
 			k += " (line full)"
 		}
 		if _, ok := s.samples[k]; !ok {
@@ -479,7 +479,7 @@ func (s *p5Stats) count(err error) bool {
 	switch {
 	case !errors.As(err, &se):
 		s.transport.Add(1)
-	case fleetlock.IsKind(err, fleetlock.KindLockHeld) && strings.Contains(err.Error(), "ask again later"):
+	case fleetlock.IsKind(err, fleetlock.KindLockHeld) && strings.Contains(err.Error(), "wait ahead of this one"):
 		s.lineFull.Add(1)
 		return true
 	case fleetlock.IsKind(err, fleetlock.KindLockHeld):
