@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg Config) ([]Timeline, Summary, error) {
 	var errs []error
 	for i := range timelines {
 		timelines[i].Locked = locked[timelines[i].Host.ID]
-		if timelines[i].Err == nil {
+		if timelines[i].Err == nil && !timelines[i].Host.Stuck {
 			timelines[i].Released = freed[timelines[i].Host.ID]
 		}
 		if err := timelines[i].Err; err != nil {
