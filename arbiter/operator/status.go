@@ -154,6 +154,11 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 	for i := range list.Items {
 		n := &list.Items[i]
 		s := nodeStatus(n, r.Time)
+		if s.Status == StatusWaiting && len(held[s.Group]) > 0 {
+			// The node's mark says why, in words that do not change at each
+			// hand-off; who holds the slots now comes from the lock object.
+			s.Reason += "; held now by " + holderNames(held[s.Group])
+		}
 		if h, ok := approved[n.Name]; ok {
 			if from, to := finish.Versions(h, n); from != "" || to != "" {
 				s.Versions = dash(from) + " → " + dash(to)
@@ -163,6 +168,16 @@ func Status(ctx context.Context, client kubernetes.Interface, where Where) (Repo
 	}
 	slices.SortFunc(r.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
 	return r, nil
+}
+
+// holderNames lists holders by node, or by reference for hosts outside the
+// cluster.
+func holderNames(hs []lock.Holder) string {
+	out := make([]string, len(hs))
+	for i, h := range hs {
+		out[i] = h.Who()
+	}
+	return strings.Join(out, ", ")
 }
 
 // phaseReasons says what a node waits for in the phases of a cycle whose
