@@ -26,7 +26,7 @@ func TestDrainYield(t *testing.T) {
 	ns := cluster.Namespace(t)
 	stuck := guardedNode(ctx, t, ns)
 	next := newNodes(t, ns, 1, nil)[0]
-	setGroups(t, ns, "defaults: {slots: 1, drainTimeout: 3s, drainCoolOff: 12s}\n")
+	setGroups(t, ns, "defaults: {slots: 1, drainTimeout: 3s, drainCoolOff: 15s}\n")
 	a := startArbiter(t, ns)
 
 	approvedWhileFull := func(err error) {
