@@ -1103,12 +1103,6 @@ func (c *Coordinator) checkGroupCount(group string) error {
 	return fleetlock.Errorf(fleetlock.KindTooManyGroups, "there are %d reboot groups already, the most this arbiter keeps (--max-groups)", len(all))
 }
 
-// names lists the holders by node name, or by id for hosts outside the
-// cluster.
-func names(holders []lock.Holder) string {
-	return list(holders, lock.Holder.Who)
-}
-
 // describe lists the holders with how long each has held its slot.
 func (c *Coordinator) describe(holders []lock.Holder) string {
 	return list(holders, func(h lock.Holder) string {

@@ -416,29 +416,25 @@ func encode(l *coordinationv1.Lease, o Object) error {
 	if !o.LastGrant.IsZero() {
 		l.Annotations[annotations.LockLastGrant] = o.LastGrant.UTC().Format(time.RFC3339Nano)
 	}
-	delete(l.Annotations, annotations.LockHalt)
-	if len(o.Halts) > 0 {
-		raw, err := json.Marshal(o.Halts)
-		if err != nil {
-			return fmt.Errorf("encode the halt: %w", err)
+	for _, a := range []struct {
+		key  string
+		n    int
+		list any
+	}{
+		{annotations.LockHalt, len(o.Halts), o.Halts},
+		{annotations.LockCoolOff, len(o.CoolOffs), o.CoolOffs},
+		{annotations.LockLine, len(o.Line), o.Line},
+	} {
+		// A list annotation is there only while its list is not empty.
+		delete(l.Annotations, a.key)
+		if a.n == 0 {
+			continue
 		}
-		l.Annotations[annotations.LockHalt] = string(raw)
-	}
-	delete(l.Annotations, annotations.LockCoolOff)
-	if len(o.CoolOffs) > 0 {
-		raw, err := json.Marshal(o.CoolOffs)
+		raw, err := json.Marshal(a.list)
 		if err != nil {
-			return fmt.Errorf("encode the cool-offs: %w", err)
+			return fmt.Errorf("encode %s: %w", a.key, err)
 		}
-		l.Annotations[annotations.LockCoolOff] = string(raw)
-	}
-	delete(l.Annotations, annotations.LockLine)
-	if len(o.Line) > 0 {
-		raw, err := json.Marshal(o.Line)
-		if err != nil {
-			return fmt.Errorf("encode the line: %w", err)
-		}
-		l.Annotations[annotations.LockLine] = string(raw)
+		l.Annotations[a.key] = string(raw)
 	}
 	l.Spec.HolderIdentity = nil
 	if len(names) > 0 {
