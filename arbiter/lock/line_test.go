@@ -1,15 +1,10 @@
 package lock
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 	"time"
-
-	"k8s.io/client-go/kubernetes/fake"
 )
 
 // TestGrantLine: with a line, a free slot goes to the first hosts in line
@@ -100,46 +95,6 @@ func TestNoteWaiting(t *testing.T) {
 			changed, i := o.noteWaiting(Holder{ID: "a"}, Line{Length: 4, Until: tt.until}, now)
 			if changed != tt.changed || i != 0 {
 				t.Errorf("noteWaiting = %v, %d, want %v, 0", changed, i, tt.changed)
-			}
-		})
-	}
-}
-
-// TestAcquireRefusalPlace: an admission refusal keeps the host's place in
-// line unless it is marked LosePlace. (Pure logic over the fake clientset;
-// the real API server's compare-and-swap is tested end to end.)
-func TestAcquireRefusalPlace(t *testing.T) {
-	now := time.Now()
-	tests := []struct {
-		name    string
-		refusal error
-		inLine  bool
-	}{
-		{"a closed window keeps the place", errors.New("outside its maintenance windows"), true},
-		{"a blocker costs it", LosePlace(errors.New("blocked")), false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			s := New(fake.NewClientset().CoordinationV1(), nil, "ns")
-			lim := Limits{Slots: 1, Line: Line{Length: 4, Until: now.Add(Presence)}}
-			if _, err := s.Acquire(ctx, "g", Holder{ID: "h"}, lim, nil); err != nil {
-				t.Fatal(err)
-			}
-			if res, err := s.Acquire(ctx, "g", Holder{ID: "a"}, lim, nil); err != nil || res.Granted || res.Place != 0 {
-				t.Fatalf("Acquire in a full group = %+v, %v, want a place in line", res, err)
-			}
-			lim.Slots = 2
-			_, err := s.Acquire(ctx, "g", Holder{ID: "a"}, lim, func() error { return tt.refusal })
-			if !errors.Is(err, tt.refusal) && !strings.Contains(fmt.Sprint(err), tt.refusal.Error()) {
-				t.Fatalf("Acquire = %v, want the refusal", err)
-			}
-			o, err := s.Get(ctx, "g")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := len(o.Line) == 1; got != tt.inLine {
-				t.Errorf("line after the refusal = %+v, want in line: %v", o.Line, tt.inLine)
 			}
 		})
 	}
