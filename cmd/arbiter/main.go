@@ -197,8 +197,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		cfg.identity = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 
+	// So do Events: a burst of them (a NoNodeCredential Warning for each
+	// of 2,000 Nodes as their first requests arrive) once held every
+	// decision behind it for 40 s at the shared client's 50 QPS.
+	eventClient, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("build the event client: %w", err)
+	}
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: eventClient.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "reboot-manager"})
 	registry := prometheus.NewRegistry()
