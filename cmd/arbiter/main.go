@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/rebootmanager/reboot-manager/arbiter"
+	"github.com/rebootmanager/reboot-manager/arbiter/apiclient"
 	"github.com/rebootmanager/reboot-manager/arbiter/apihealth"
 	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
@@ -181,52 +182,58 @@ func newLogger(cfg config) *slog.Logger {
 }
 
 func run(ctx context.Context, cfg config, log *slog.Logger) error {
-	client, restConfig, err := kubeclient.New(cfg.kubeconfig, "reboot-manager-arbiter")
+	restConfig, err := kubeclient.Config(cfg.kubeconfig, "reboot-manager-arbiter")
 	if err != nil {
 		return err
 	}
-	// Leader election and the API server probe get a client, and so a
-	// client-side rate limiter, of their own: a burst of requests must
-	// never cost the leader its lease or the replica its readiness.
-	control, err := kubernetes.NewForConfig(restConfig)
-	if err != nil {
-		return fmt.Errorf("build the leader election client: %w", err)
+	registry := prometheus.NewRegistry()
+	// Each job gets a client, and so a client-side rate limiter, of its
+	// own (package apiclient), so that no job's burst delays another's:
+	//   - decisions: the requests' reads and compare-and-swaps; a release
+	//     never queues behind a drain's evictions;
+	//   - workers: the drainer, reconciler and finisher;
+	//   - caches: the informers' lists and watches (a relist of 2,000
+	//     Nodes);
+	//   - control: leader election and the API server probe, so that no
+	//     burst costs the leader its lease or the replica its readiness;
+	//   - events: a burst of them (a NoNodeCredential Warning for each of
+	//     2,000 Nodes as their first requests arrive) once held every
+	//     decision behind it for 40 s.
+	apiMetrics := apiclient.NewMetrics(registry)
+	clients := map[string]kubernetes.Interface{}
+	for _, job := range []string{"decisions", "workers", "caches", "control", "events"} {
+		if clients[job], err = apiclient.New(restConfig, job, apiMetrics); err != nil {
+			return err
+		}
 	}
+	client, workers, control := clients["decisions"], clients["workers"], clients["control"]
 	if cfg.identity == "" {
 		host, _ := os.Hostname()
 		cfg.identity = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 
-	// So do Events: a burst of them (a NoNodeCredential Warning for each
-	// of 2,000 Nodes as their first requests arrive) once held every
-	// decision behind it for 40 s at the shared client's 50 QPS.
-	eventClient, err := kubernetes.NewForConfig(restConfig)
-	if err != nil {
-		return fmt.Errorf("build the event client: %w", err)
-	}
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: eventClient.CoreV1().Events("")})
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: clients["events"].CoreV1().Events("")})
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "reboot-manager"})
-	registry := prometheus.NewRegistry()
 
 	// Nodes: the whole cluster, indexed by Zincati id.
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(nodes.Slim))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(clients["caches"], 0, informers.WithTransform(nodes.Slim))
 	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
 	if err := nodeInformer.AddIndexers(cache.Indexers{nodes.IDIndex: nodes.IndexByID}); err != nil {
 		return fmt.Errorf("add the Zincati id index: %w", err)
 	}
 	// Lock Leases, the groups ConfigMap and the tokens Secret: only ours.
-	leases := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(cfg.namespace),
+	leases := informers.NewSharedInformerFactoryWithOptions(clients["caches"], 0, informers.WithNamespace(cfg.namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = lock.Label + "=true" })).
 		Coordination().V1().Leases()
 	leaseInformer := leases.Informer()
-	cmInformer := named(client, cfg.namespace, cfg.groupsConfigMap).Core().V1().ConfigMaps().Informer()
+	cmInformer := named(clients["caches"], cfg.namespace, cfg.groupsConfigMap).Core().V1().ConfigMaps().Informer()
 	informersToRun := []cache.SharedIndexInformer{nodeInformer, leaseInformer, cmInformer}
 
 	tokenStore := tokens.NewStore()
 	if cfg.tokensSecret != "" {
-		secretInformer := named(client, cfg.namespace, cfg.tokensSecret).Core().V1().Secrets().Informer()
+		secretInformer := named(clients["caches"], cfg.namespace, cfg.tokensSecret).Core().V1().Secrets().Informer()
 		if err := onChange(secretInformer, func(obj any) {
 			secret, _ := obj.(*corev1.Secret)
 			tokenStore.Set(secret)
@@ -238,15 +245,19 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 
 	settings := groups.NewStore(cfg.namespace, cfg.groupsConfigMap, groups.NewMetrics(registry))
+	// The same caches and lock over the two clients: the requests'
+	// decisions, and the background workers'.
+	lockMetrics := lock.NewMetrics(registry)
 	directory := nodes.New(client, nodeInformer, recorder)
-	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lock.NewMetrics(registry))
+	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lockMetrics)
+	workerNodes := nodes.New(workers, nodeInformer, recorder)
+	workerLock := lock.New(workers.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lockMetrics)
 	cfg.drain.Metrics = drain.NewMetrics(registry)
-	vols := volumes.NewReader(client)
-	drainer := drain.New(client, directory, semaphore, vols, settings, cfg.drain, log)
-	reconciler := reconcile.New(directory, semaphore, recorder, reconcile.Config{
+	drainer := drain.New(workers, workerNodes, workerLock, volumes.NewReader(workers), settings, cfg.drain, log)
+	reconciler := reconcile.New(workerNodes, workerLock, recorder, reconcile.Config{
 		Namespace: cfg.namespace, Interval: cfg.reconcileInterval, MaxHold: cfg.maxHold, Metrics: reconcile.NewMetrics(registry),
 	}, log)
-	finisher := finish.New(directory, semaphore, client.CoordinationV1().Leases(corev1.NamespaceNodeLease), settings,
+	finisher := finish.New(workerNodes, workerLock, workers.CoordinationV1().Leases(corev1.NamespaceNodeLease), settings,
 		finish.Config{MaxDowntime: cfg.maxDowntime, Metrics: finish.NewMetrics(registry)}, log)
 	apiServer := apihealth.Start(ctx, control.Discovery().RESTClient(), 2*time.Second, log)
 	decider := coordinator.New(coordinator.Deps{
