@@ -57,11 +57,13 @@ type Lock interface {
 	Acquire(ctx context.Context, group string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error)
 	Get(ctx context.Context, group string) (lock.Object, error)
 	Advance(ctx context.Context, group, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error)
-	SteadyState(ctx context.Context, group string, match func(lock.Holder) bool, now time.Time) (released, kept []lock.Holder, err error)
+	SteadyState(ctx context.Context, from *lock.Listing, group string, match func(lock.Holder) bool, now time.Time) (released, kept []lock.Holder, err error)
 	Approve(ctx context.Context, group, id string, since time.Time, nodeUID types.UID, a lock.Approval) (lock.Holder, bool, error)
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
-	// Fresh lists every group's lock object from the API server.
+	// Fresh and FreshListing list every group's lock object from the API
+	// server.
 	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
+	FreshListing(ctx context.Context) (*lock.Listing, error)
 	// Leave withdraws the word for a waiting request in the line.
 	Leave(ctx context.Context, group, id string) error
 	// Cached, Line, CoolingOff and All read the cache: hints, displays and
@@ -897,6 +899,13 @@ func (c *Coordinator) WakeAll() {
 // change the cache has seen, cannot leak a slot (one it has not seen yet is
 // released by the next steady-state, or by hand). A steady-state of a host
 // that holds nothing costs that one LIST.
+//
+// A release costs two round trips, not four: when the cache shows the node
+// mid-cycle, its consistent GET starts alongside the LIST (both start after
+// the request arrived, so neither is less fresh than one made when
+// needed), and each group's compare-and-swap starts from the object as the
+// LIST returned it, conditional on its resourceVersion (a conflict reads
+// again).
 func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams) error {
 	log := c.log.With("id", p.ID, "group", p.Group)
 	found, err := c.nodes.Lookup(p.ID)
@@ -920,10 +929,19 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 	match := func(h lock.Holder) bool {
 		return h.ID == p.ID || (node != nil && h.Node == node.Name && (h.NodeUID == "" || h.NodeUID == node.UID))
 	}
-	all, err := c.lock.Fresh(ctx)
+	// When the cache shows the node mid-cycle, its fresh read (needed to
+	// prove the request) starts alongside the list: a release costs the
+	// longer of the two round trips, not their sum.
+	var pre *prefetch
+	if node != nil && c.midCycle(node) {
+		pre = c.prefetch(ctx, node.Name)
+		defer pre.wait() // it never outlives the request
+	}
+	listing, err := c.lock.FreshListing(ctx)
 	if err != nil {
 		return failure(log, "read the reboot slots", err)
 	}
+	all := listing.Holders
 	// What would end: each matching holder's node, and a node in a
 	// leftover cycle. Prove the request is theirs on fresh reads first.
 	type cycle struct{ node, group string } // group "" for a leftover cycle
@@ -939,7 +957,7 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		owed[cycle{node.Name, ""}] = true
 	}
 	for o := range owed {
-		if err := c.authenticateFresh(ctx, log, o.node, o.group, p.Group); err != nil {
+		if err := c.authenticateFresh(ctx, log, pre.read(o.node), o.group, p.Group); err != nil {
 			return err
 		}
 	}
@@ -959,7 +977,7 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		if !slices.ContainsFunc(holders, match) {
 			continue
 		}
-		gone, kept, err := c.lock.SteadyState(ctx, group, match, c.now())
+		gone, kept, err := c.lock.SteadyState(ctx, listing, group, match, c.now())
 		if err != nil {
 			return failure(log.With("lock_group", group), "apply the steady-state to the reboot slot", err)
 		}
@@ -996,12 +1014,59 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 	return nil
 }
 
+// midCycle says whether the cache shows node in a cycle: a hint, for
+// reading ahead only.
+func (c *Coordinator) midCycle(node *corev1.Node) bool {
+	_, holds := c.cycleGroup(node.Name)
+	return holds || nodes.InCycle(node)
+}
+
+// prefetch is a consistent GET of one Node, started before it is needed.
+// It started after the request arrived, so it is as fresh as a GET made
+// when needed.
+type prefetch struct {
+	name string
+	done chan struct{}
+	node *corev1.Node
+	err  error
+}
+
+// prefetch starts a consistent GET of Node name.
+func (c *Coordinator) prefetch(ctx context.Context, name string) *prefetch {
+	p := &prefetch{name: name, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.node, p.err = c.nodes.Fresh(ctx, name)
+	}()
+	return p
+}
+
+// wait waits for the read to end.
+func (p *prefetch) wait() { <-p.done }
+
+// freshNode is how authenticateFresh reads a Node: read it, or use a
+// prefetch of it.
+type freshNode struct {
+	name string
+	pre  *prefetch // nil, or a prefetch of name
+}
+
+// read returns the way to read Node name fresh: p, when p is a prefetch of
+// that Node.
+func (p *prefetch) read(name string) freshNode {
+	if p != nil && p.name == name {
+		return freshNode{name: name, pre: p}
+	}
+	return freshNode{name: name}
+}
+
 // authenticateFresh checks the request's credential against a consistent
-// read of node name ("" for a host outside the cluster, authenticated by
+// read of node ("" for a host outside the cluster, authenticated by
 // named's token); group is the group of its cycle, "" for the node's own.
 // A Node that is gone is authenticated as a host outside the cluster of
 // its cycle's group.
-func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger, name, group, named string) error {
+func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger, node freshNode, group, named string) error {
+	name := node.name
 	if name == "" {
 		// A host outside the cluster: only its token proves anything.
 		group = cmp.Or(group, named)
@@ -1011,7 +1076,18 @@ func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger, n
 		}
 		return checkToken(credentialFrom(ctx), c.token(group), group)
 	}
-	n, err := c.nodes.Fresh(ctx, name)
+	var n *corev1.Node
+	var err error
+	if node.pre != nil {
+		select {
+		case <-node.pre.done:
+			n, err = node.pre.node, node.pre.err
+		case <-ctx.Done():
+			return interrupted(ctx, log)
+		}
+	} else {
+		n, err = c.nodes.Fresh(ctx, name)
+	}
 	switch {
 	case apierrors.IsNotFound(err):
 		// Gone: its slot is released by the reconciler anyway; a request

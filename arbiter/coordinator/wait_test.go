@@ -122,7 +122,7 @@ func (m *memLock) Approve(ctx context.Context, group, id string, since time.Time
 	return h, mine, err
 }
 
-func (m *memLock) SteadyState(_ context.Context, _ string, match func(lock.Holder) bool, now time.Time) ([]lock.Holder, []lock.Holder, error) {
+func (m *memLock) SteadyState(_ context.Context, _ *lock.Listing, _ string, match func(lock.Holder) bool, now time.Time) ([]lock.Holder, []lock.Holder, error) {
 	m.mu.Lock()
 	m.calls = append(m.calls, "SteadyState")
 	if m.err != nil {
@@ -199,6 +199,11 @@ func (m *memLock) Fresh(context.Context) (map[string][]lock.Holder, error) {
 	defer m.mu.Unlock()
 	m.calls = append(m.calls, "List")
 	return map[string][]lock.Holder{"g": slices.Clone(m.holders)}, m.err
+}
+
+func (m *memLock) FreshListing(ctx context.Context) (*lock.Listing, error) {
+	all, err := m.Fresh(ctx)
+	return &lock.Listing{Holders: all}, err
 }
 
 // noNodes has no Nodes: with AllowUnknownNodes the coordinator is a plain

@@ -76,7 +76,7 @@ type Semaphore struct {
 	namespace string
 	lister    coordinationlisters.LeaseLister
 	now       func() time.Time
-	fresh     *sharedRead[map[string][]Holder]
+	fresh     *sharedRead[*Listing]
 	metrics   *Metrics
 
 	// decoded memoizes the decoding of the cache's lock objects, one per
@@ -124,7 +124,7 @@ func (s *Semaphore) cachedObject(group string) (Object, bool) {
 // Acquire, Release and Fresh may pass a nil lister.
 func New(client coordinationclient.LeasesGetter, lister coordinationlisters.LeaseLister, namespace string) *Semaphore {
 	s := &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now, metrics: NewMetrics(nil)}
-	s.fresh = &sharedRead[map[string][]Holder]{read: s.list, timeout: 30 * time.Second, spacing: FreshSpacing}
+	s.fresh = &sharedRead[*Listing]{read: s.list, timeout: 30 * time.Second, spacing: FreshSpacing}
 	return s
 }
 
@@ -473,15 +473,17 @@ func (s *Semaphore) ReleaseMatching(ctx context.Context, group string, match fun
 }
 
 // SteadyState applies a steady-state to the holders of group that match
-// selects, in one compare-and-swap on a fresh read: a holder of a Node
+// selects, in one compare-and-swap on a fresh read (from's object for the
+// group, when from is a Listing read after the request began and lists it,
+// which saves a GET; else a GET): a holder of a Node
 // approved for a reboot gets the steady-state recorded (at now, or at its
 // approval if that is later by another replica's clock) and keeps its slot
 // until its node is back; any other is released. Each holder is judged on
 // the read the write is conditional on, so one approved a moment ago
 // through another replica is kept, never released. It returns the holders
 // released and those kept.
-func (s *Semaphore) SteadyState(ctx context.Context, group string, match func(Holder) bool, now time.Time) (released, kept []Holder, err error) {
-	_, err = s.Update(ctx, group, func(o *Object) (bool, error) {
+func (s *Semaphore) SteadyState(ctx context.Context, from *Listing, group string, match func(Holder) bool, now time.Time) (released, kept []Holder, err error) {
+	_, err = s.update(ctx, group, from, func(o *Object) (bool, error) {
 		released, kept = nil, nil
 		write := false
 		o.Holders = slices.DeleteFunc(o.Holders, func(h Holder) bool {
@@ -579,19 +581,44 @@ func (s *Semaphore) Halts() (map[string][]Halt, error) {
 // of steady-states costs far fewer than one API request each. The result is
 // shared: do not modify it.
 func (s *Semaphore) Fresh(ctx context.Context) (map[string][]Holder, error) {
+	l, err := s.fresh.do(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l.Holders, nil
+}
+
+// Listing is a consistent list of the lock objects: every group's holders,
+// and the objects themselves, from which a compare-and-swap may start
+// without reading again (see SteadyState).
+type Listing struct {
+	// Holders are every group's holders. Do not modify them: a Listing is
+	// shared.
+	Holders map[string][]Holder
+	leases  map[string]*coordinationv1.Lease // by group
+}
+
+// FreshListing is Fresh with the objects listed: a Listing from a
+// consistent list that started after the call.
+func (s *Semaphore) FreshListing(ctx context.Context) (*Listing, error) {
 	return s.fresh.do(ctx)
 }
 
-func (s *Semaphore) list(ctx context.Context) (map[string][]Holder, error) {
+func (s *Semaphore) list(ctx context.Context) (*Listing, error) {
 	list, err := s.client.Leases(s.namespace).List(ctx, metav1.ListOptions{LabelSelector: Label + "=true"})
 	if err != nil {
 		return nil, fmt.Errorf("list lock objects: %w", err)
 	}
 	leases := make([]*coordinationv1.Lease, len(list.Items))
+	l := &Listing{leases: make(map[string]*coordinationv1.Lease, len(list.Items))}
 	for i := range list.Items {
 		leases[i] = &list.Items[i]
+		l.leases[leases[i].Annotations[annotations.LockGroup]] = leases[i]
 	}
-	return byGroup(leases)
+	if l.Holders, err = byGroup(leases); err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 func byGroup(leases []*coordinationv1.Lease) (map[string][]Holder, error) {
@@ -612,10 +639,28 @@ func byGroup(leases []*coordinationv1.Lease) (map[string][]Holder, error) {
 // the update with nothing written. It returns the object as written (or as
 // read, when nothing was written).
 func (s *Semaphore) Update(ctx context.Context, group string, change func(*Object) (bool, error)) (Object, error) {
+	return s.update(ctx, group, nil, change)
+}
+
+// update is Update whose first attempt starts from from's object for the
+// group, when from lists one, instead of reading it again. from must have
+// been read after the caller's decision began: a no-write change answers
+// on it.
+func (s *Semaphore) update(ctx context.Context, group string, from *Listing, change func(*Object) (bool, error)) (Object, error) {
 	leases := s.client.Leases(s.namespace)
 	name := ObjectName(group)
+	var start *coordinationv1.Lease
+	if from != nil {
+		if l := from.leases[group]; l != nil && l.Name == name {
+			start = l.DeepCopy() // the Listing is shared, and encode writes into it
+		}
+	}
 	for range MaxAttempts {
-		l, err := leases.Get(ctx, name, metav1.GetOptions{})
+		l, err := start, error(nil)
+		if start == nil {
+			l, err = leases.Get(ctx, name, metav1.GetOptions{})
+		}
+		start = nil
 		create := apierrors.IsNotFound(err)
 		switch {
 		case create:
