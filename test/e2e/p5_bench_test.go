@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"slices"
@@ -17,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
@@ -31,9 +35,11 @@ import (
 // on, long-poll with --max-wait 20s, the default --max-waiters and
 // --max-connections), one group with 1 slot, BENCH_P5_HOSTS Nodes (default
 // 2,000). One host takes the slot (an empty node: its drain is a cordon).
-// Then every other host sends pre-reboot at once and asks again
-// BENCH_P5_PAUSE (default 200 ms, a scaled-down Zincati tick) after each
-// non-2xx answer, over one shared http.Client whose transport allows
+// Then every other host sends pre-reboot, first at a random moment within
+// one BENCH_P5_PAUSE (default 200 ms, a scaled-down Zincati tick), and
+// asks again BENCH_P5_PAUSE ±10% after each non-2xx answer: hosts tick
+// out of step, as a fleet's do. They ask over one shared http.Client
+// whose transport allows
 // BENCH_P5_CONNS connections (default: one per host). A host answered 200
 // stops asking: it "reboots". The load runs until every host has had one
 // answer (but the 10 in line), then BENCH_P5_ROUNDS times (default 5):
@@ -171,6 +177,15 @@ func p5Run(b *testing.B, cfg p5Config) {
 	for i := 1; i < len(hosts); i++ {
 		workers.Go(func() {
 			p := fleetlock.ClientParams{ID: hosts[i].id, Group: group}
+			// Hosts tick out of step, as a fleet's do (each Zincati's
+			// timer starts at its own boot): a first ask somewhere in
+			// the first pause, and each pause ±10%. In step, the whole
+			// fleet would ask in one burst every pause.
+			select {
+			case <-time.After(rand.N(cfg.pause)):
+			case <-load.Done():
+				return
+			}
 			first := true
 			for load.Err() == nil {
 				rctx, cancel := context.WithTimeout(load, 2*time.Minute)
@@ -194,7 +209,7 @@ func p5Run(b *testing.B, cfg p5Config) {
 					turnaway[i] = append(turnaway[i], took)
 				}
 				select {
-				case <-time.After(cfg.pause):
+				case <-time.After(cfg.pause*9/10 + rand.N(cfg.pause/5+1)):
 				case <-load.Done():
 					return
 				}
@@ -340,6 +355,15 @@ func p5Run(b *testing.B, cfg p5Config) {
 	if writes+conflicts > 0 {
 		b.ReportMetric(conflicts/(writes+conflicts), "lock_conflict_rate")
 	}
+	// Client-side throttling, per client (package apiclient): the time
+	// its requests waited in all, and how many waited over 10 ms.
+	limits := ""
+	for _, job := range []string{"decisions", "workers", "events"} {
+		sum, slow := p5LimiterWait(b, a, job)
+		b.ReportMetric(sum, "limiter_wait_s_"+job)
+		b.ReportMetric(slow, "limiter_slow_"+job)
+		limits += fmt.Sprintf("; %s client waited %.2f s for its limiter (%.0f requests over 10 ms)", job, sum, slow)
+	}
 	warns, errs := a.logged(b, "level=WARN"), a.logged(b, "level=ERROR")
 	note := ""
 	if unfinished != "" {
@@ -352,7 +376,7 @@ func p5Run(b *testing.B, cfg p5Config) {
 		"hand-off p50 %s max %s (all %v); release lag max %s; grant p50 %s max %s; noop steady-state p50 %s p99 %s (%d samples, %d errors); "+
 		"turn-away p50 %s p99 %s; %d asks (%.0f/s): %d line full, %d waited out, %d 503, %d other %v, %d transport errors; "+
 		"steady-state retries %d; arbiter peak RSS %.1f MiB (HWM %.1f, idle %.1f), fds %d (idle %d), goroutines %d (idle %d, %d metrics reads failed); "+
-		"turned away (server) %.0f; API server %.0f req/s, %.0f Node PATCHes; warm-up %s; max holders %d; extra grants %d; arbiter log: %d WARN, %d ERROR, %d leader losses, client-side throttling up to %s; %d rounds done%s",
+		"turned away (server) %.0f; API server %.0f req/s, %.0f Node PATCHes; warm-up %s; max holders %d; extra grants %d; arbiter log: %d WARN, %d ERROR, %d leader losses, client-side throttling up to %s%s; %d rounds done%s",
 		len(hosts), len(release), cfg.conns, cfg.pause,
 		p5Rank(release, 50), p5Rank(release, 99), p5Rank(release, 100), p5Round(release),
 		p5Rank(handoff, 50), p5Rank(handoff, 100), p5Round(handoff), p5Rank(lag, 100), p5Rank(grant, 50), p5Rank(grant, 100),
@@ -361,7 +385,7 @@ func p5Run(b *testing.B, cfg p5Config) {
 		st.lineFull.Load(), st.waitedOut.Load(), st.unavailable.Load(), st.others.Load(), other, st.transport.Load(),
 		steadyFails, peak.rss, peak.hwm, idle.rss, peak.fds, idle.fds, peak.goroutines, idle.goroutines, peak.metricsFailed,
 		turned, (apiAfter-apiBefore)/loadTime.Seconds(), patches, warmup.Round(time.Millisecond), watch.MaxHolders(), extra, warns, errs,
-		leaderLost, throttle, len(handoff), note)
+		leaderLost, throttle, limits, len(handoff), note)
 	for _, k := range slices.Sorted(maps.Keys(samples)) {
 		b.Logf("a %s reply: %.300s", k, samples[k])
 	}
@@ -689,4 +713,29 @@ func p5Duration(name string, def time.Duration) time.Duration {
 		return v
 	}
 	return def
+}
+
+// p5LimiterWait reads the arbiter's rebootmanager_api_rate_limiter_wait_seconds
+// for client job: the seconds waited in all, and the waits over 10 ms.
+func p5LimiterWait(b *testing.B, a *arbiter, job string) (sum, slow float64) {
+	b.Helper()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(getBody(b, a.url+"metrics")))
+	if err != nil {
+		b.Fatalf("parse /metrics: %v", err)
+	}
+	for _, m := range families["rebootmanager_api_rate_limiter_wait_seconds"].GetMetric() {
+		if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == "client" && l.GetValue() == job }) {
+			continue
+		}
+		h := m.GetHistogram()
+		fast := uint64(0)
+		for _, bk := range h.GetBucket() {
+			if bk.GetUpperBound() <= 0.01 {
+				fast = bk.GetCumulativeCount()
+			}
+		}
+		return h.GetSampleSum(), float64(h.GetSampleCount() - fast)
+	}
+	return 0, 0
 }
