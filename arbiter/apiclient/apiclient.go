@@ -46,21 +46,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 // Config returns a copy of base for the client named job, with a rate
-// limiter of its own at base's QPS and burst. Its requests are measured
-// in m, when m is not nil.
+// limiter of its own at base's QPS and burst (client-go's default when
+// base sets none). Its requests are measured in m.
 func Config(base *rest.Config, job string, m *Metrics) *rest.Config {
 	cfg := rest.CopyConfig(base)
-	var limiter flowcontrol.RateLimiter
-	if base.QPS > 0 {
-		limiter = flowcontrol.NewTokenBucketRateLimiter(base.QPS, base.Burst)
+	qps, burst := base.QPS, base.Burst
+	if qps <= 0 {
+		qps, burst = rest.DefaultQPS, rest.DefaultBurst
 	}
-	if m == nil {
-		cfg.RateLimiter = limiter
-		return cfg
-	}
-	if limiter != nil {
-		cfg.RateLimiter = &timedLimiter{RateLimiter: limiter, wait: m.wait.WithLabelValues(job)}
-	}
+	cfg.RateLimiter = &timedLimiter{RateLimiter: flowcontrol.NewTokenBucketRateLimiter(qps, burst), wait: m.wait.WithLabelValues(job)}
 	cfg.Wrap(func(next http.RoundTripper) http.RoundTripper {
 		return &timedTransport{next: next, job: job, requests: m.requests}
 	})

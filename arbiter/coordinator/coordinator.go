@@ -932,10 +932,11 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 	// When the cache shows the node mid-cycle, its fresh read (needed to
 	// prove the request) starts alongside the list: a release costs the
 	// longer of the two round trips, not their sum.
-	var pre *prefetch
+	freshNode := c.nodes.Fresh
 	if node != nil && c.midCycle(node) {
-		pre = c.prefetch(ctx, node.Name)
+		pre := c.prefetch(ctx, node.Name)
 		defer pre.wait() // it never outlives the request
+		freshNode = pre.fresh
 	}
 	listing, err := c.lock.FreshListing(ctx)
 	if err != nil {
@@ -957,7 +958,7 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		owed[cycle{node.Name, ""}] = true
 	}
 	for o := range owed {
-		if err := c.authenticateFresh(ctx, log, pre.read(o.node), o.group, p.Group); err != nil {
+		if err := c.authenticateFresh(ctx, log, freshNode, o.node, o.group, p.Group); err != nil {
 			return err
 		}
 	}
@@ -1022,18 +1023,19 @@ func (c *Coordinator) midCycle(node *corev1.Node) bool {
 }
 
 // prefetch is a consistent GET of one Node, started before it is needed.
-// It started after the request arrived, so it is as fresh as a GET made
+// It starts after the request arrived, so it is as fresh as a GET made
 // when needed.
 type prefetch struct {
-	name string
-	done chan struct{}
-	node *corev1.Node
-	err  error
+	name  string
+	other func(context.Context, string) (*corev1.Node, error) // reads any other Node
+	done  chan struct{}
+	node  *corev1.Node
+	err   error
 }
 
-// prefetch starts a consistent GET of Node name.
+// prefetch starts a consistent GET of Node name, bound to ctx.
 func (c *Coordinator) prefetch(ctx context.Context, name string) *prefetch {
-	p := &prefetch{name: name, done: make(chan struct{})}
+	p := &prefetch{name: name, other: c.nodes.Fresh, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		p.node, p.err = c.nodes.Fresh(ctx, name)
@@ -1041,32 +1043,26 @@ func (c *Coordinator) prefetch(ctx context.Context, name string) *prefetch {
 	return p
 }
 
-// wait waits for the read to end.
+// fresh reads Node name on a consistent GET: the prefetched one, for its
+// Node.
+func (p *prefetch) fresh(ctx context.Context, name string) (*corev1.Node, error) {
+	if name != p.name {
+		return p.other(ctx, name)
+	}
+	p.wait()
+	return p.node, p.err
+}
+
+// wait waits for the read to end (it ends with its context).
 func (p *prefetch) wait() { <-p.done }
 
-// freshNode is how authenticateFresh reads a Node: read it, or use a
-// prefetch of it.
-type freshNode struct {
-	name string
-	pre  *prefetch // nil, or a prefetch of name
-}
-
-// read returns the way to read Node name fresh: p, when p is a prefetch of
-// that Node.
-func (p *prefetch) read(name string) freshNode {
-	if p != nil && p.name == name {
-		return freshNode{name: name, pre: p}
-	}
-	return freshNode{name: name}
-}
-
 // authenticateFresh checks the request's credential against a consistent
-// read of node ("" for a host outside the cluster, authenticated by
-// named's token); group is the group of its cycle, "" for the node's own.
-// A Node that is gone is authenticated as a host outside the cluster of
-// its cycle's group.
-func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger, node freshNode, group, named string) error {
-	name := node.name
+// read of node name, by fresh ("" for a host outside the cluster,
+// authenticated by named's token); group is the group of its cycle, "" for
+// the node's own. A Node that is gone is authenticated as a host outside
+// the cluster of its cycle's group.
+func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger,
+	fresh func(context.Context, string) (*corev1.Node, error), name, group, named string) error {
 	if name == "" {
 		// A host outside the cluster: only its token proves anything.
 		group = cmp.Or(group, named)
@@ -1076,18 +1072,7 @@ func (c *Coordinator) authenticateFresh(ctx context.Context, log *slog.Logger, n
 		}
 		return checkToken(credentialFrom(ctx), c.token(group), group)
 	}
-	var n *corev1.Node
-	var err error
-	if node.pre != nil {
-		select {
-		case <-node.pre.done:
-			n, err = node.pre.node, node.pre.err
-		case <-ctx.Done():
-			return interrupted(ctx, log)
-		}
-	} else {
-		n, err = c.nodes.Fresh(ctx, name)
-	}
+	n, err := fresh(ctx, name)
 	switch {
 	case apierrors.IsNotFound(err):
 		// Gone: its slot is released by the reconciler anyway; a request

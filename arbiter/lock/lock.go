@@ -657,7 +657,7 @@ func (s *Semaphore) update(ctx context.Context, group string, from *Listing, cha
 	}
 	for range MaxAttempts {
 		l, err := start, error(nil)
-		if start == nil {
+		if l == nil { // every attempt but a first from the Listing
 			l, err = leases.Get(ctx, name, metav1.GetOptions{})
 		}
 		start = nil

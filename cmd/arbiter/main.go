@@ -200,40 +200,42 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	//     2,000 Nodes as their first requests arrive) once held every
 	//     decision behind it for 40 s.
 	apiMetrics := apiclient.NewMetrics(registry)
-	clients := map[string]kubernetes.Interface{}
-	for _, job := range []string{"decisions", "workers", "caches", "control", "events"} {
-		if clients[job], err = apiclient.New(restConfig, job, apiMetrics); err != nil {
+	var decisions, workers, caches, control, events kubernetes.Interface
+	for _, c := range []struct {
+		job    string
+		client *kubernetes.Interface
+	}{{"decisions", &decisions}, {"workers", &workers}, {"caches", &caches}, {"control", &control}, {"events", &events}} {
+		if *c.client, err = apiclient.New(restConfig, c.job, apiMetrics); err != nil {
 			return err
 		}
 	}
-	client, workers, control := clients["decisions"], clients["workers"], clients["control"]
 	if cfg.identity == "" {
 		host, _ := os.Hostname()
 		cfg.identity = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: clients["events"].CoreV1().Events("")})
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: events.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "reboot-manager"})
 
 	// Nodes: the whole cluster, indexed by Zincati id.
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(clients["caches"], 0, informers.WithTransform(nodes.Slim))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(caches, 0, informers.WithTransform(nodes.Slim))
 	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
 	if err := nodeInformer.AddIndexers(cache.Indexers{nodes.IDIndex: nodes.IndexByID}); err != nil {
 		return fmt.Errorf("add the Zincati id index: %w", err)
 	}
 	// Lock Leases, the groups ConfigMap and the tokens Secret: only ours.
-	leases := informers.NewSharedInformerFactoryWithOptions(clients["caches"], 0, informers.WithNamespace(cfg.namespace),
+	leases := informers.NewSharedInformerFactoryWithOptions(caches, 0, informers.WithNamespace(cfg.namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = lock.Label + "=true" })).
 		Coordination().V1().Leases()
 	leaseInformer := leases.Informer()
-	cmInformer := named(clients["caches"], cfg.namespace, cfg.groupsConfigMap).Core().V1().ConfigMaps().Informer()
+	cmInformer := named(caches, cfg.namespace, cfg.groupsConfigMap).Core().V1().ConfigMaps().Informer()
 	informersToRun := []cache.SharedIndexInformer{nodeInformer, leaseInformer, cmInformer}
 
 	tokenStore := tokens.NewStore()
 	if cfg.tokensSecret != "" {
-		secretInformer := named(clients["caches"], cfg.namespace, cfg.tokensSecret).Core().V1().Secrets().Informer()
+		secretInformer := named(caches, cfg.namespace, cfg.tokensSecret).Core().V1().Secrets().Informer()
 		if err := onChange(secretInformer, func(obj any) {
 			secret, _ := obj.(*corev1.Secret)
 			tokenStore.Set(secret)
@@ -248,8 +250,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// The same caches and lock over the two clients: the requests'
 	// decisions, and the background workers'.
 	lockMetrics := lock.NewMetrics(registry)
-	directory := nodes.New(client, nodeInformer, recorder)
-	semaphore := lock.New(client.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lockMetrics)
+	directory := nodes.New(decisions, nodeInformer, recorder)
+	semaphore := lock.New(decisions.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lockMetrics)
 	workerNodes := nodes.New(workers, nodeInformer, recorder)
 	workerLock := lock.New(workers.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lockMetrics)
 	cfg.drain.Metrics = drain.NewMetrics(registry)
@@ -261,7 +263,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		finish.Config{MaxDowntime: cfg.maxDowntime, Metrics: finish.NewMetrics(registry)}, log)
 	apiServer := apihealth.Start(ctx, control.Discovery().RESTClient(), 2*time.Second, log)
 	decider := coordinator.New(coordinator.Deps{
-		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(client),
+		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(decisions),
 	}, coordinator.Config{
 		AllowUnknownNodes: cfg.allowUnknownNodes, MaxWait: cfg.maxWait, MaxWaiters: cfg.maxWaiters, MaxGroups: cfg.maxGroups,
 		SourceBinding: cfg.sourceBinding, SourcePodBridge: cfg.sourcePodBridge,
