@@ -61,9 +61,10 @@ type Lock interface {
 	Approve(ctx context.Context, group, id string, since time.Time, nodeUID types.UID, a lock.Approval) (lock.Holder, bool, error)
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
 	// Fresh and FreshListing list every group's lock object from the API
-	// server.
+	// server; FreshGroups reads only those of groups.
 	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
 	FreshListing(ctx context.Context) (*lock.Listing, error)
+	FreshGroups(ctx context.Context, groups []string) (*lock.Listing, error)
 	// Leave withdraws the word for a waiting request in the line.
 	Leave(ctx context.Context, group, id string) error
 	// Cached, Line, CoolingOff and All read the cache: hints, displays and
@@ -938,7 +939,7 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		defer pre.wait() // it never outlives the request
 		freshNode = pre.fresh
 	}
-	listing, err := c.lock.FreshListing(ctx)
+	listing, err := c.freshHoldings(ctx, node, match)
 	if err != nil {
 		return failure(log, "read the reboot slots", err)
 	}
@@ -1013,6 +1014,43 @@ func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams)
 		}
 	}
 	return nil
+}
+
+// freshHoldings reads, fresh, the lock objects a steady-state decides on.
+// When the cache shows holders that match, it reads their groups on
+// consistent GETs; it reads every group on a consistent LIST instead
+// when the cache shows none, when a GET no longer shows the match the
+// cache did, or when the node's mirror shows a cycle and no group read
+// names the node: a leftover cycle ends only once every group was read.
+//
+// Freshness: every release and recorded steady-state is decided on these
+// reads, made after the request arrived. The cache only chooses which
+// groups to read; a holder it does not show yet (a cache a whole reboot
+// behind) is missed by this answer, a 200 that claims nothing there, and
+// is released on ground truth by package finish.
+func (c *Coordinator) freshHoldings(ctx context.Context, node *corev1.Node, match func(lock.Holder) bool) (*lock.Listing, error) {
+	var hinted []string
+	if cached, err := c.lock.All(); err == nil {
+		for g, holders := range cached {
+			if slices.ContainsFunc(holders, match) {
+				hinted = append(hinted, g)
+			}
+		}
+	}
+	if len(hinted) > 0 {
+		l, err := c.lock.FreshGroups(ctx, hinted)
+		if err != nil {
+			return nil, err
+		}
+		agrees := true
+		for _, g := range hinted {
+			agrees = agrees && slices.ContainsFunc(l.Holders[g], match)
+		}
+		if agrees && (node == nil || !nodes.InCycle(node) || l.Names(node.Name)) {
+			return l, nil
+		}
+	}
+	return c.lock.FreshListing(ctx)
 }
 
 // midCycle says whether the cache shows node in a cycle: a hint, for

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -380,22 +381,28 @@ func TestSteadyState(t *testing.T) {
 		{"ready non-holder: one fresh list, nothing else", &fake{found: []*corev1.Node{node("n1", annotations.StatusReady)}}, "", "List", 0},
 		{"waiting non-holder: the mark goes", &fake{found: []*corev1.Node{waiting()}}, "", "List SetWaiting()", 0},
 		{"unknown non-holder", &fake{}, "", "List", 0},
-		{"holder outside the cluster, no token configured: kept", &fake{memLock: memLock{holders: holding("id", "", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List", 1},
+		{"holder outside the cluster, no token configured: kept", &fake{memLock: memLock{holders: holding("id", "", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "Get", 1},
 		{"approved holder: the steady-state is recorded, the slot kept for the node's return", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}},
-			"", "List Fresh SteadyState", 1},
-		{"draining holder (Zincati gave up the reboot): released, then finished", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, "", "List Fresh SteadyState Finish(n1)", 0},
-		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "List Fresh SteadyState", 1},
+			"", "Get Fresh SteadyState", 1},
+		{"draining holder (Zincati gave up the reboot): released, then finished", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}}, "", "Get Fresh SteadyState Finish(n1)", 0},
+		{"node's id changed mid-cycle: found by node", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: other("g")}}, "", "Get Fresh SteadyState", 1},
 		{"ambiguous id: only the id's own holding", &fake{found: []*corev1.Node{n1, node("n2", "")}, memLock: memLock{holders: append(holding("id", "n2", lock.PhaseDraining), holding("x", "n1", lock.PhaseDraining)...)}},
-			"", "List Fresh SteadyState Finish(n2)", 1},
+			"", "Get Fresh SteadyState Finish(n2)", 1},
 		{"approved holder, the cache still shows it draining: kept, never uncordoned (one fresh read proves both)", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}},
-			"", "List Fresh SteadyState", 1},
+			"", "Get Fresh SteadyState", 1},
 		{"node mirror in cycle, nothing held: finished", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}}, "", "List Fresh Finish(n1)", 0},
-		{"lock list fails: not 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), err: errors.New("down")}}, fleetlock.KindInternal, "List Fresh", 1},
+		{"the cache shows a holding a fresh read no longer has: every group listed, nothing released", &fake{found: []*corev1.Node{n1}, memLock: memLock{stale: holding("id", "n1", lock.PhaseDraining)}},
+			"", "Get List Fresh", 0},
+		{"the same, node mirror in cycle: every group listed before the leftover cycle ends", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}, memLock: memLock{stale: holding("id", "n1", lock.PhaseDraining)}},
+			"", "Get List Fresh Finish(n1)", 0},
+		{"node mirror in cycle, the group read holds the id on another node: every group listed, the leftover cycle ends", &fake{found: []*corev1.Node{node("n1", annotations.StatusDraining)}, memLock: memLock{holders: holding("id", "n2", lock.PhaseApproved)}},
+			"", "Get List Fresh Fresh SteadyState Finish(n1)", 1},
+		{"lock list fails: not 200", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved), err: errors.New("down")}}, fleetlock.KindInternal, "Get Fresh", 1},
 		{"the cache shows no credential, the fresh holder node does: refused, nothing released", &fake{found: []*corev1.Node{n1}, freshHash: credential.Hash("secret"),
-			memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List Fresh", 1},
+			memLock: memLock{holders: holding("id", "n1", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "Get Fresh", 1},
 		{"ambiguous id: the holder node's fresh credential decides", &fake{found: []*corev1.Node{n1, node("n2", "")}, freshHash: credential.Hash("secret"),
-			memLock: memLock{holders: holding("id", "n2", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "List Fresh", 1},
-		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "List Fresh SteadyState Finish(n1)", 0},
+			memLock: memLock{holders: holding("id", "n2", lock.PhaseApproved)}}, fleetlock.KindUnauthorized, "Get Fresh", 1},
+		{"finish fails after release: not 200, but released", &fake{found: []*corev1.Node{n1}, memLock: memLock{holders: holding("id", "n1", lock.PhaseDraining)}, finishErr: errors.New("down")}, fleetlock.KindInternal, "Get Fresh SteadyState Finish(n1)", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -405,12 +412,25 @@ func TestSteadyState(t *testing.T) {
 			if (tt.wantKind == "") != (err == nil) || (err != nil && !fleetlock.IsKind(err, tt.wantKind)) {
 				t.Fatalf("SteadyState = %v, want kind %q", err, tt.wantKind)
 			}
-			// The node's fresh read may start alongside the list: either
-			// may come first.
-			got := strings.Join(f.calls, " ")
-			if rest, ok := strings.CutPrefix(got, "Fresh List"); ok {
-				got = "List Fresh" + rest
+			// The node's fresh read may start alongside the lock reads:
+			// the reads before the first write are compared in a fixed
+			// order, lock reads first.
+			calls := slices.Clone(f.calls)
+			reads := slices.IndexFunc(calls, func(c string) bool { return c != "Get" && c != "List" && c != "Fresh" })
+			if reads < 0 {
+				reads = len(calls)
 			}
+			lockFirst := func(a, b string) int {
+				switch {
+				case a != "Fresh" && b == "Fresh":
+					return -1
+				case a == "Fresh" && b != "Fresh":
+					return 1
+				}
+				return 0
+			}
+			slices.SortStableFunc(calls[:reads], lockFirst)
+			got := strings.Join(calls, " ")
 			if got != tt.wantCalls {
 				t.Errorf("calls = %q, want %q", got, tt.wantCalls)
 			}

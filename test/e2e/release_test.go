@@ -14,19 +14,23 @@ import (
 )
 
 // TestSteadyStateFromListing: against the real API server, a release's
-// compare-and-swap starts from the lock object as its fresh listing
-// returned it. When nothing changed since, that saves the GET; when
-// another replica wrote in between, the write conflicts and is made again
-// on a new read, and the other replica's change is kept.
+// compare-and-swap starts from the lock object as its fresh read returned
+// it, whether a LIST of every group (FreshListing) or a GET of the
+// group's (FreshGroups). When nothing changed since, that saves a second
+// GET; when another replica wrote in between, the write conflicts and is
+// made again on a new read, and the other replica's change is kept.
 func TestSteadyStateFromListing(t *testing.T) {
 	tests := []struct {
 		name      string
-		changed   bool // another holder takes a slot between the list and the write
+		byGroup   bool // read by FreshGroups, not FreshListing
+		changed   bool // another holder takes a slot between the read and the write
 		wantGets  float64
 		wantClash float64
 	}{
-		{"unchanged since the list: no GET", false, 0, 0},
-		{"changed since the list: one conflict, read again", true, 1, 1},
+		{"unchanged since the list: no GET", false, false, 0, 0},
+		{"changed since the list: one conflict, read again", false, true, 1, 1},
+		{"unchanged since the group's GET: no second GET", true, false, 0, 0},
+		{"changed since the group's GET: one conflict, read again", true, true, 1, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -43,9 +47,19 @@ func TestSteadyStateFromListing(t *testing.T) {
 			if _, err := s.Acquire(ctx, "g", lock.Holder{ID: "h"}, lim, nil); err != nil {
 				t.Fatal(err)
 			}
-			listing, err := s.FreshListing(ctx)
+			read := s.FreshListing
+			if tt.byGroup {
+				read = func(ctx context.Context) (*lock.Listing, error) { return s.FreshGroups(ctx, []string{"g", "none"}) }
+			}
+			listing, err := read(ctx)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if got := listing.Holders["g"]; len(got) != 1 || got[0].ID != "h" {
+				t.Fatalf("fresh read shows %+v in g, want h", got)
+			}
+			if got, ok := listing.Holders["none"]; tt.byGroup && (!ok || len(got) != 0) {
+				t.Errorf("a group with no lock object: %+v, %v; want read, no holders", got, ok)
 			}
 			if tt.changed {
 				if _, err := other.Acquire(ctx, "g", lock.Holder{ID: "x"}, lim, nil); err != nil {
