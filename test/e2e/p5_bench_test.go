@@ -36,13 +36,16 @@ import (
 // --max-connections), one group with 1 slot, BENCH_P5_HOSTS Nodes (default
 // 2,000). One host takes the slot (an empty node: its drain is a cordon).
 // Then every other host sends pre-reboot, first at a random moment within
-// one BENCH_P5_PAUSE (default 200 ms, a scaled-down Zincati tick), and
+// one BENCH_P5_PAUSE (default 2 s: Zincati asks every 300–330 s, so this
+// is 150 times its rate; 200 ms makes a stress run, where the load
+// generator, the API server and etcd saturate the 2 cores and every
+// answer, a turn-away's too, waits for CPU), and
 // asks again BENCH_P5_PAUSE ±10% after each non-2xx answer: hosts tick
 // out of step, as a fleet's do. They ask over one shared http.Client
 // whose transport allows
 // BENCH_P5_CONNS connections (default: one per host). A host answered 200
 // stops asking: it "reboots". The load runs until every host has had one
-// answer (but the 10 in line), then BENCH_P5_ROUNDS times (default 5):
+// answer (but the 10 in line), then BENCH_P5_ROUNDS times (default 30):
 //
 //  1. the holder reboots: its Node gets a new boot id and osImage, Ready
 //     (fixtures.BootAgain for the plain Nodes, fixtures.Reboot for kwok
@@ -90,8 +93,8 @@ import (
 func BenchmarkReleaseUnderLoad(b *testing.B) {
 	cfg := p5Config{
 		hosts:  p5Int("BENCH_P5_HOSTS", 2000),
-		rounds: p5Int("BENCH_P5_ROUNDS", 5),
-		pause:  p5Duration("BENCH_P5_PAUSE", 200*time.Millisecond),
+		rounds: p5Int("BENCH_P5_ROUNDS", 30),
+		pause:  p5Duration("BENCH_P5_PAUSE", 2*time.Second),
 		reboot: p5Duration("BENCH_P5_REBOOT", time.Second),
 		limit:  p5Duration("BENCH_P5_ROUND_LIMIT", 3*time.Minute),
 		budget: p5Duration("BENCH_P5_BUDGET", 10*time.Minute),
