@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/rebootmanager/reboot-manager/arbiter/connlimit"
 )
 
 // writePair writes a self-signed certificate with the given serial.
@@ -56,7 +58,7 @@ func TestCertReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.CheckEvery = 0
-	ln, err := Listen("127.0.0.1:0", 10)
+	ln, err := Listen("127.0.0.1:0", connlimit.Config{Max: 10, PerSource: 10})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rebootmanager/reboot-manager/arbiter/connlimit"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
 
@@ -19,7 +20,7 @@ import (
 // most maxConns connections, with headers due within headerTimeout.
 func serveLimited(t *testing.T, maxConns int, headerTimeout time.Duration) string {
 	t.Helper()
-	ln, err := Listen("127.0.0.1:0", maxConns)
+	ln, err := Listen("127.0.0.1:0", connlimit.Config{Max: maxConns, PerSource: maxConns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,10 +93,10 @@ func TestConnectionFlood(t *testing.T) {
 	}
 	time.Sleep(100 * time.Millisecond) // let the server accept them
 
-	healthz := func(timeout time.Duration) error {
+	ask := func(timeout time.Duration) error {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/steady-state", nil)
 		tr := &http.Transport{DisableKeepAlives: true}
 		resp, err := (&http.Client{Transport: tr}).Do(req)
 		if err != nil {
@@ -104,11 +105,11 @@ func TestConnectionFlood(t *testing.T) {
 		resp.Body.Close()
 		return nil
 	}
-	if err := healthz(500 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+	if err := ask(500 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a fourth client while three connections are open: %v, want it kept waiting", err)
 	}
 	idle[0].Close()
-	if err := healthz(5 * time.Second); err != nil {
+	if err := ask(5 * time.Second); err != nil {
 		t.Fatalf("after one connection closed: %v, want the fourth client served", err)
 	}
 }

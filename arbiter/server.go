@@ -18,8 +18,8 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/net/netutil"
 
+	"github.com/rebootmanager/reboot-manager/arbiter/connlimit"
 	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
@@ -40,13 +40,14 @@ type Config struct {
 	// server reachable); nil means always. Until it does, /readyz fails and
 	// FleetLock requests are answered 503 unavailable.
 	Ready func() error
-	// Registry receives the HTTP metrics and is served on /metrics; nil
-	// means a new one.
+	// Registry receives the FleetLock request metrics, and Probes serves
+	// it on /metrics; nil means a registry of their own, served nowhere.
 	Registry *prometheus.Registry
 }
 
-// Handler returns the HTTP handler for the FleetLock endpoints, /healthz,
-// /readyz and /metrics. It never redirects.
+// Handler returns the HTTP handler for the FleetLock endpoints. It never
+// redirects. The probes and metrics are served by Probes, on a listener of
+// their own, so that they never queue behind FleetLock traffic.
 func Handler(d Decider, cfg Config, log *slog.Logger) http.Handler {
 	gin.SetMode(gin.ReleaseMode)
 	if cfg.Registry == nil {
@@ -93,20 +94,29 @@ func Handler(d Decider, cfg Config, log *slog.Logger) http.Handler {
 	}
 	r.POST(joinPath(cfg.BasePath, fleetlock.PreRebootPath), op("pre-reboot", d.PreReboot))
 	r.POST(joinPath(cfg.BasePath, fleetlock.SteadyStatePath), op("steady-state", d.SteadyState))
+	return r
+}
 
-	r.GET("/healthz", func(c *gin.Context) { c.String(http.StatusOK, "ok\n") })
-	r.GET("/readyz", func(c *gin.Context) {
+// Probes returns the HTTP handler for /healthz (the process serves),
+// /readyz (cfg.Ready) and /metrics (cfg.Registry). Anything else is 404.
+func Probes(cfg Config) http.Handler {
+	registry := cfg.Registry
+	if registry == nil {
+		registry = prometheus.NewRegistry()
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if cfg.Ready != nil {
 			if err := cfg.Ready(); err != nil {
-				c.String(http.StatusServiceUnavailable, "not ready: %v\n", err)
+				http.Error(w, fmt.Sprintf("not ready: %v", err), http.StatusServiceUnavailable)
 				return
 			}
 		}
-		c.String(http.StatusOK, "ok\n")
+		fmt.Fprint(w, "ok\n")
 	})
-	metrics := promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})
-	r.GET("/metrics", gin.WrapH(metrics))
-	return r
+	mux.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	return mux
 }
 
 // serve checks and decodes one FleetLock request, runs the decision and
@@ -177,31 +187,35 @@ func joinPath(base, p string) string {
 }
 
 // NewServer returns an http.Server for h with bounded header size and read
-// timeouts, so slow or oversized clients cannot pin it: a client has 10 s
-// to send its headers (slow-loris) and 30 s for the whole request, headers
-// are capped at 64 KiB (431 beyond) and bodies at fleetlock.MaxBodyBytes.
-// There is no write timeout: a reply may legitimately take long (long-poll).
-// An idle kept-alive connection is closed after 30 s, and a connection
-// that was answered non-2xx at once: Zincati asks once per tick.
-// Serve it on Listen's listener to bound the connections too.
+// timeouts, so slow or oversized clients cannot pin it: a client has 5 s to
+// send its headers (slow-loris, or a connection opened only to hold a
+// place) and 30 s for the whole request, headers are capped at 64 KiB (431
+// beyond) and bodies at fleetlock.MaxBodyBytes. There is no write timeout:
+// a reply may legitimately take long (long-poll). An idle kept-alive
+// connection is closed after 5 s, and a connection that was answered
+// non-2xx at once: Zincati asks once per tick, 5 minutes apart, so it
+// never reuses one. Serve it on Listen's listener to bound the
+// connections too.
 func NewServer(addr string, h http.Handler) *http.Server {
 	return &http.Server{
 		Addr:              addr,
 		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       30 * time.Second,
+		IdleTimeout:       5 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
 }
 
-// Listen listens on addr and accepts at most maxConns connections at once;
-// the rest wait in the kernel's backlog until one closes, so a flood of
-// connections cannot exhaust the process.
-func Listen(addr string, maxConns int) (net.Listener, error) {
+// Listen listens on addr with limits's bounds on the connections open at
+// once, in all and per source (connlimit).
+func Listen(addr string, limits connlimit.Config) (*connlimit.Listener, error) {
+	if limits.Max < 1 || limits.PerSource < 1 {
+		return nil, fmt.Errorf("listen on %s: connection limits must be at least 1, not %d in all and %d per source", addr, limits.Max, limits.PerSource)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	return netutil.LimitListener(ln, maxConns), nil
+	return connlimit.New(ln, limits), nil
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
 
@@ -163,20 +165,47 @@ func asStatus(err error, se **fleetlock.StatusError) bool {
 	return ok
 }
 
-func TestReadyz(t *testing.T) {
+// TestProbes: the probes and metrics are served by Probes alone, and the
+// FleetLock handler answers them 404 in FleetLock's JSON.
+func TestProbes(t *testing.T) {
 	var ready error = io.EOF
-	srv := httptest.NewServer(Handler(&decider{}, Config{Ready: func() error { return ready }}, slog.New(slog.DiscardHandler)))
-	defer srv.Close()
-	for _, want := range []int{503, 200} {
-		resp, err := http.Get(srv.URL + "/readyz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Errorf("/readyz = %d, want %d", resp.StatusCode, want)
-		}
-		ready = nil
+	registry := prometheus.NewRegistry()
+	cfg := Config{Ready: func() error { return ready }, Registry: registry}
+	probes := httptest.NewServer(Probes(cfg))
+	defer probes.Close()
+	fleet := httptest.NewServer(Handler(&decider{}, cfg, slog.New(slog.DiscardHandler)))
+	defer fleet.Close()
+	if err := (&fleetlock.Client{BaseURL: fleet.URL + "/"}).SteadyState(context.Background(), fleetlock.ClientParams{ID: "a", Group: "g"}); err == nil {
+		t.Fatal("steady-state before ready: 200, want 503")
+	}
+
+	for _, tt := range []struct {
+		name     string
+		url      string
+		ready    error
+		want     int
+		contains string
+	}{
+		{"readyz before ready", probes.URL + "/readyz", io.EOF, 503, "not ready: EOF"},
+		{"readyz", probes.URL + "/readyz", nil, 200, "ok"},
+		{"healthz while not ready", probes.URL + "/healthz", io.EOF, 200, "ok"},
+		{"metrics", probes.URL + "/metrics", nil, 200, "rebootmanager_fleetlock_request_duration_seconds"},
+		{"no FleetLock on probes", probes.URL + "/v1/pre-reboot", nil, 404, ""},
+		{"no healthz on FleetLock", fleet.URL + "/healthz", nil, 404, `"kind":"not_found"`},
+		{"no metrics on FleetLock", fleet.URL + "/metrics", nil, 404, `"kind":"not_found"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ready = tt.ready
+			resp, err := http.Get(tt.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.want || !strings.Contains(string(body), tt.contains) {
+				t.Errorf("GET %s = %d %q, want %d with %q", tt.url, resp.StatusCode, body, tt.want, tt.contains)
+			}
+		})
 	}
 }
 

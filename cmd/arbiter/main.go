@@ -12,9 +12,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/time/rate"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,6 +40,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter"
 	"github.com/rebootmanager/reboot-manager/arbiter/apiclient"
 	"github.com/rebootmanager/reboot-manager/arbiter/apihealth"
+	"github.com/rebootmanager/reboot-manager/arbiter/connlimit"
 	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
 	"github.com/rebootmanager/reboot-manager/arbiter/finish"
@@ -57,6 +61,7 @@ import (
 type config struct {
 	kubeconfig        string
 	listenAddress     string
+	probeAddress      string
 	namespace         string
 	basePath          string
 	groupsConfigMap   string
@@ -69,6 +74,7 @@ type config struct {
 	requireCredential bool
 	maxGroups         int
 	maxConnections    int
+	maxPerSource      int
 	tlsCertFile       string
 	tlsKeyFile        string
 	drain             drain.Config
@@ -88,7 +94,8 @@ func parse(args []string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("arbiter", flag.ContinueOnError)
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster, then $KUBECONFIG, then ~/.kube/config")
-	fs.StringVar(&c.listenAddress, "listen-address", ":8080", "address to serve FleetLock, /healthz, /readyz and /metrics on")
+	fs.StringVar(&c.listenAddress, "listen-address", ":8080", "address to serve FleetLock on")
+	fs.StringVar(&c.probeAddress, "probe-address", ":8081", "address to serve /healthz, /readyz and /metrics on: a listener of their own, so that probes never queue behind FleetLock traffic")
 	fs.StringVar(&c.namespace, "namespace", "reboot-manager", "namespace of the lock Leases, the groups ConfigMap and the leader-election Lease")
 	fs.StringVar(&c.basePath, "base-path", "/", "path prefix of the FleetLock endpoints (Zincati's base_url path)")
 	fs.StringVar(&c.groupsConfigMap, "groups-configmap", "reboot-manager-groups", "ConfigMap holding per-group slots under config.yaml")
@@ -102,7 +109,8 @@ func parse(args []string) (config, error) {
 	fs.BoolVar(&c.sourcePodBridge, "source-binding-pod-bridge", false, "under -source-binding, also count the first address of the node's pod CIDR as the node's (bridge CNIs; unsafe if the IPAM can hand that address to a pod)")
 	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), reloaded when the file changes; empty serves plain HTTP")
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "the private key (PEM) of -tls-cert-file")
-	fs.IntVar(&c.maxConnections, "max-connections", 1000, "connections served at once; more wait in the kernel's backlog")
+	fs.IntVar(&c.maxConnections, "max-connections", 1000, "FleetLock connections served at once; more wait in the kernel's backlog")
+	fs.IntVar(&c.maxPerSource, "max-connections-per-source", 100, "FleetLock connections served at once from one source (an IPv4 address or an IPv6 /64); more are closed at once, so one source cannot take every place. Size it for the hosts behind one SNAT address (README)")
 	fs.BoolVar(&c.drain.Force, "drain-force", true, "evict pods that no controller manages (otherwise they block the drain)")
 	fs.BoolVar(&c.drain.DeleteEmptyDirData, "drain-delete-emptydir-data", true, "evict pods with emptyDir volumes (otherwise they block the drain)")
 	fs.IntVar(&c.drain.Concurrency, "drain-concurrency", 10, "evictions in flight per node")
@@ -129,8 +137,8 @@ func parse(args []string) (config, error) {
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return c, errors.New("-tls-cert-file and -tls-key-file go together")
 	}
-	if c.maxConnections < 1 {
-		return c, errors.New("-max-connections must be at least 1")
+	if c.maxConnections < 1 || c.maxPerSource < 1 {
+		return c, errors.New("-max-connections and -max-connections-per-source must be at least 1")
 	}
 	if c.drainWorkers < 1 || c.drain.Concurrency < 1 {
 		return c, errors.New("-drain-workers and -drain-concurrency must be at least 1")
@@ -146,6 +154,11 @@ func parse(args []string) (config, error) {
 	}
 	if c.maxGroups < 1 {
 		return c, errors.New("-max-groups must be at least 1")
+	}
+	if strings.HasPrefix(c.leaseName, lock.NamePrefix) {
+		// The operators' admission policy lets them write the Leases named
+		// so: the leader-election Lease must stay out of their reach.
+		return c, fmt.Errorf("-leader-election-lease must not start with %q, the prefix of the lock Leases", lock.NamePrefix)
 	}
 	if c.reconcileInterval <= 0 {
 		return c, errors.New("-reconcile-interval must be positive")
@@ -359,41 +372,56 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold), nodes.NewCollector(directory))
-	srv := arbiter.NewServer(cfg.listenAddress, arbiter.Handler(decider, arbiter.Config{
-		BasePath: cfg.basePath, Ready: ready, Registry: registry,
-	}, log))
+	handlerCfg := arbiter.Config{BasePath: cfg.basePath, Ready: ready, Registry: registry}
+	srv := arbiter.NewServer(cfg.listenAddress, arbiter.Handler(decider, handlerCfg, log))
 	// Requests end when shutdown starts, so waiting pre-reboots answer 503
 	// at once instead of holding the shutdown up.
 	requests, endRequests := context.WithCancelCause(context.Background())
 	defer endRequests(nil)
 	srv.BaseContext = func(net.Listener) context.Context { return requests }
-	ln, err := arbiter.Listen(cfg.listenAddress, cfg.maxConnections)
+	connections := newConnectionMetrics(registry, log)
+	ln, err := arbiter.Listen(cfg.listenAddress, connlimit.Config{Max: cfg.maxConnections, PerSource: cfg.maxPerSource, Refused: connections.refused("fleetlock")})
 	if err != nil {
 		return err
 	}
-	serveErr := make(chan error, 1)
+	connections.watch("fleetlock", ln)
+	probeLn, err := arbiter.Listen(cfg.probeAddress, connlimit.Config{Max: probeMaxConnections, PerSource: probePerSource, Refused: connections.refused("probes")})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	connections.watch("probes", probeLn)
+	probes := arbiter.NewServer(cfg.probeAddress, arbiter.Probes(handlerCfg))
+	serveErr := make(chan error, 2)
+	go func() {
+		if err := probes.Serve(probeLn); !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- fmt.Errorf("serve the probes on %s: %w", cfg.probeAddress, err)
+		}
+	}()
 	if cfg.tlsCertFile != "" {
 		certs, err := arbiter.NewCertReloader(cfg.tlsCertFile, cfg.tlsKeyFile)
 		if err != nil {
 			ln.Close()
-			return err
+			return shutdown(err, probes)
 		}
 		srv.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
-		go func() { serveErr <- srv.ServeTLS(ln, "", "") }()
+		go func() {
+			serveErr <- fmt.Errorf("serve FleetLock on %s: %w", cfg.listenAddress, srv.ServeTLS(ln, "", ""))
+		}()
 	} else {
-		go func() { serveErr <- srv.Serve(ln) }()
+		go func() { serveErr <- fmt.Errorf("serve FleetLock on %s: %w", cfg.listenAddress, srv.Serve(ln)) }()
 	}
-	log.Info("serving FleetLock", "tls", cfg.tlsCertFile != "", "address", cfg.listenAddress, "base_path", cfg.basePath, "namespace", cfg.namespace)
+	log.Info("serving FleetLock", "tls", cfg.tlsCertFile != "", "address", cfg.listenAddress, "probe_address", cfg.probeAddress, "base_path", cfg.basePath, "namespace", cfg.namespace)
 
 	if !cache.WaitForCacheSync(ctx.Done(), hasSynced...) {
 		endRequests(errShuttingDown)
-		return shutdown(srv, ctx.Err())
+		return shutdown(ctx.Err(), srv, probes)
 	}
 	if cfg.allowUnknownNodes && tokenStore.For(tokens.DefaultKey) == "" {
 		// Without a token, an id of a host outside the cluster is all it
 		// takes to act for it.
 		endRequests(errShuttingDown)
-		return shutdown(srv, fmt.Errorf("-allow-unknown-nodes needs a token: set the key %s of the Secret %s/%s", tokens.DefaultKey, cfg.namespace, cfg.tokensSecret))
+		return shutdown(fmt.Errorf("-allow-unknown-nodes needs a token: set the key %s of the Secret %s/%s", tokens.DefaultKey, cfg.namespace, cfg.tokensSecret), srv, probes)
 	}
 	synced.Store(true)
 	log.Info("caches synced")
@@ -422,11 +450,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	select {
 	case err := <-serveErr:
-		return fmt.Errorf("serve %s: %w", cfg.listenAddress, err)
+		endRequests(errShuttingDown)
+		return shutdown(err, srv, probes)
 	case <-ctx.Done():
 		log.Info("shutting down")
 		endRequests(errShuttingDown)
-		err := shutdown(srv, nil)
+		err := shutdown(nil, srv, probes)
 		// Wait for the leader to give up its Lease, so the next replica
 		// takes over at once instead of after the lease duration.
 		select {
@@ -456,11 +485,67 @@ func onChange(inf cache.SharedIndexInformer, fn func(obj any)) error {
 	return err
 }
 
-func shutdown(srv *http.Server, cause error) error {
+// shutdown shuts the servers down, waiting up to 10 s for their requests,
+// and returns cause, or the first shutdown error if cause is nil.
+func shutdown(cause error, servers ...*http.Server) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		return fmt.Errorf("shut down the HTTP server: %w", err)
+	for _, srv := range servers {
+		if err := srv.Shutdown(ctx); err != nil && cause == nil {
+			cause = fmt.Errorf("shut down the HTTP server on %s: %w", srv.Addr, err)
+		}
 	}
 	return cause
+}
+
+// The probe listener's limits: the kubelet's probes and a scrape or two
+// need a handful of connections; a flood from one source takes at most
+// probePerSource of them.
+const (
+	probeMaxConnections = 256
+	probePerSource      = 8
+)
+
+// connectionMetrics counts the connections the listeners hold and refuse,
+// and logs refusals at most once a minute.
+type connectionMetrics struct {
+	refusedTotal *prometheus.CounterVec
+	registry     *prometheus.Registry
+	log          *slog.Logger
+	logEvery     rate.Sometimes
+}
+
+func newConnectionMetrics(registry *prometheus.Registry, log *slog.Logger) *connectionMetrics {
+	m := &connectionMetrics{
+		refusedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rebootmanager_connections_refused_total",
+			Help: "Connections closed as soon as accepted because their source had -max-connections-per-source open, by listener (fleetlock, probes).",
+		}, []string{"listener"}),
+		registry: registry,
+		log:      log,
+		logEvery: rate.Sometimes{Interval: time.Minute},
+	}
+	registry.MustRegister(m.refusedTotal)
+	return m
+}
+
+// refused is the Refused hook of listener.
+func (m *connectionMetrics) refused(listener string) func(netip.Prefix) {
+	counter := m.refusedTotal.WithLabelValues(listener)
+	return func(src netip.Prefix) {
+		counter.Inc()
+		m.logEvery.Do(func() {
+			m.log.Warn("connections refused: their source is at its limit (logged once a minute; see rebootmanager_connections_refused_total)",
+				"listener", listener, "source", src.String())
+		})
+	}
+}
+
+// watch exports the connections ln holds open.
+func (m *connectionMetrics) watch(listener string, ln *connlimit.Listener) {
+	m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "rebootmanager_connections_open",
+		Help:        "Connections open, by listener (fleetlock, probes).",
+		ConstLabels: prometheus.Labels{"listener": listener},
+	}, func() float64 { return float64(ln.Len()) }))
 }

@@ -59,7 +59,8 @@ func binary(t testing.TB, name string) string {
 type arbiter struct {
 	pid    int
 	log    string // the path of its log
-	url    string
+	url    string // FleetLock's base URL
+	probe  string // the base URL of /healthz, /readyz and /metrics
 	client *fleetlock.Client
 	ns     string
 	stop   func()
@@ -77,18 +78,21 @@ func startArbiter(t testing.TB, ns string, args ...string) *arbiter {
 // as an earlier release's.
 func startArbiterBinary(t testing.TB, path, ns string, args ...string) *arbiter {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	listen := addr
-	for i, a := range args { // a caller's --listen-address wins
-		if a == "--listen-address" && i+1 < len(args) {
+	addr, probeAddr := freeAddr(t), freeAddr(t)
+	listen, probeListen := addr, probeAddr
+	for i, a := range args { // a caller's --listen-address and --probe-address win
+		if i+1 >= len(args) {
+			continue
+		}
+		switch a {
+		case "--listen-address":
 			listen = args[i+1]
 			_, port, _ := net.SplitHostPort(listen)
 			addr = net.JoinHostPort("127.0.0.1", port)
+		case "--probe-address":
+			probeListen = args[i+1]
+			_, port, _ := net.SplitHostPort(probeListen)
+			probeAddr = net.JoinHostPort("127.0.0.1", port)
 		}
 	}
 	if !slices.Contains(args, "--no-groups-configmap") {
@@ -98,12 +102,16 @@ func startArbiterBinary(t testing.TB, path, ns string, args ...string) *arbiter 
 	}
 	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--no-groups-configmap" })
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, path, append([]string{
+	base := []string{"--probe-address", probeListen}
+	if !hasFlag(t, path, "probe-address") { // an earlier release serves the probes with FleetLock
+		base, probeAddr = nil, addr
+	}
+	cmd := exec.CommandContext(ctx, path, append(append(base,
 		"--kubeconfig", cluster.Kubeconfig, "--listen-address", listen, "--namespace", ns,
 		"--log-format", "text", "--reconcile-interval", "1s",
 		"--max-wait", "0", // tests of long-poll set their own; a later flag wins
 		"--source-binding=false", // requests come from 127.0.0.1; TestSourceBinding sets it
-	}, args...)...)
+	), args...)...)
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "arbiter.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -135,12 +143,30 @@ func startArbiterBinary(t testing.TB, path, ns string, args ...string) *arbiter 
 		_ = cmd.Process.Kill()
 		<-done
 	}
-	a := &arbiter{pid: cmd.Process.Pid, log: logFile.Name(), url: "http://" + addr + "/", ns: ns, stop: stop, kill: kill}
+	a := &arbiter{pid: cmd.Process.Pid, log: logFile.Name(), url: "http://" + addr + "/", probe: "http://" + probeAddr + "/", ns: ns, stop: stop, kill: kill}
 	a.client = &fleetlock.Client{BaseURL: a.url}
 	harness.Eventually(t, 30*time.Second, "arbiter ready", func() error {
-		return getOK(a.url + "readyz")
+		return getOK(a.probe + "readyz")
 	})
 	return a
+}
+
+// hasFlag reports whether the arbiter binary at path has the flag name.
+func hasFlag(t testing.TB, path, name string) bool {
+	t.Helper()
+	out, _ := exec.Command(path, "-h").CombinedOutput()
+	return strings.Contains(string(out), "-"+name+" ")
+}
+
+// freeAddr is a loopback address with a port free when it was asked for.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // logged counts the arbiter's log lines that contain s.

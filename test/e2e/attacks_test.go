@@ -226,7 +226,7 @@ func TestUnknownHosts(t *testing.T) {
 	ns := cluster.Namespace(t)
 	must(t, fixtures.EnsureGroups(ctx, cluster.Client, cluster.Root, ns))
 	cmd := exec.Command(binary(t, "arbiter"), "--kubeconfig", cluster.Kubeconfig, "--namespace", ns,
-		"--listen-address", "127.0.0.1:0", "--allow-unknown-nodes", "--leader-election=false")
+		"--listen-address", "127.0.0.1:0", "--probe-address", "127.0.0.1:0", "--allow-unknown-nodes", "--leader-election=false")
 	cmd.Env = os.Environ()
 	done := make(chan error, 1)
 	var out strings.Builder
@@ -255,7 +255,7 @@ func TestUnknownHosts(t *testing.T) {
 	if !fleetlock.IsKind(err, fleetlock.KindLockHeld) || strings.Contains(err.Error(), x) || !strings.Contains(err.Error(), "a host outside the cluster") {
 		t.Fatalf("second host = %v, want lock_held that does not show the holder's id", err)
 	}
-	if m := getBody(t, a.url+"metrics"); strings.Contains(m, x) {
+	if m := getBody(t, a.probe+"metrics"); strings.Contains(m, x) {
 		t.Fatal("/metrics shows the id of a host outside the cluster")
 	}
 	// A pod without the token can neither release nor take.

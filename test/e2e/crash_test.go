@@ -61,7 +61,7 @@ func TestCrashes(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("no 200 within 60s after crashes: %v", err)
 			}
-			if getOK(a.url+"healthz") != nil {
+			if getOK(a.probe+"healthz") != nil {
 				a = startArbiter(t, ns, args...)
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -86,7 +86,7 @@ func TestCrashes(t *testing.T) {
 		if n := getNode(t, name); n.Annotations[annotations.Status] != annotations.StatusRebooting {
 			t.Fatalf("trial %d: approved but status %q", trial, n.Annotations[annotations.Status])
 		}
-		if getOK(a.url+"healthz") != nil {
+		if getOK(a.probe+"healthz") != nil {
 			a = startArbiter(t, ns, args...)
 		}
 
@@ -97,7 +97,7 @@ func TestCrashes(t *testing.T) {
 		crashes++
 		// The leader ends the cycle once the node is back: keep one running.
 		<-crashed
-		if getOK(a.url+"healthz") != nil {
+		if getOK(a.probe+"healthz") != nil {
 			a = startArbiter(t, ns, args...)
 		}
 		harness.Eventually(t, 20*time.Second, fmt.Sprintf("trial %d: the node back in service", trial), func() error {

@@ -299,7 +299,7 @@ func TestNodeCredential(t *testing.T) {
 	// The secret is in no log, Event or metric.
 	agentLog, _ := os.ReadFile(agent.logPath)
 	arbiterLog, _ := os.ReadFile(a.log)
-	metrics := getBody(t, a.url+"metrics")
+	metrics := getBody(t, a.probe+"metrics")
 	events, err := cluster.Client.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + node.name})
 	must(t, err)
 	var eventText strings.Builder

@@ -254,7 +254,7 @@ func TestSlotsAndGroups(t *testing.T) {
 		t.Fatalf("holders = %+v, want 2", h)
 	}
 	harness.Eventually(t, 10*time.Second, "holders in /metrics", func() error {
-		m := getBody(t, a.url+"metrics")
+		m := getBody(t, a.probe+"metrics")
 		for _, want := range []string{`rebootmanager_slots_held{group="workers"} 2`, `rebootmanager_slots{group="workers"} 2`,
 			`rebootmanager_lock_held_seconds{group="workers",id="` + nodes[0].id + `",node="` + nodes[0].name + `"}`,
 			`rebootmanager_fleetlock_requests_total{kind="lock_held",operation="pre-reboot"} 1`} {

@@ -22,7 +22,7 @@ import (
 func metric(t testing.TB, a *arbiter, name string, labels map[string]string) (v float64, ok bool) {
 	t.Helper()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(getBody(t, a.url+"metrics")))
+	families, err := parser.TextToMetricFamilies(strings.NewReader(getBody(t, a.probe+"metrics")))
 	if err != nil {
 		t.Fatalf("parse /metrics: %v", err)
 	}

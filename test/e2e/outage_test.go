@@ -115,7 +115,7 @@ func TestAPIServerOutage(t *testing.T) {
 	})
 	notReady := false
 	for time.Since(killed) < 4*time.Second {
-		if err := getOK(a.url + "readyz"); err != nil {
+		if err := getOK(a.probe + "readyz"); err != nil {
 			notReady = true
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -138,7 +138,7 @@ func TestAPIServerOutage(t *testing.T) {
 			}
 		}
 		mu.Unlock()
-		if !recovered.IsZero() && getOK(a.url+"readyz") == nil {
+		if !recovered.IsZero() && getOK(a.probe+"readyz") == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -143,7 +143,7 @@ func p5Run(b *testing.B, cfg p5Config) {
 		b.Fatal(err)
 	}
 	b.Cleanup(watch.Stop)
-	mon := &p5Monitor{pid: a.pid, url: a.url + "metrics", metrics: &http.Client{Timeout: 2 * time.Second,
+	mon := &p5Monitor{pid: a.pid, url: a.probe + "metrics", metrics: &http.Client{Timeout: 2 * time.Second,
 		Transport: &http.Transport{MaxConnsPerHost: 1}}}
 
 	// The first holder.
@@ -723,7 +723,7 @@ func p5Duration(name string, def time.Duration) time.Duration {
 func p5LimiterWait(b *testing.B, a *arbiter, job string) (sum, slow float64) {
 	b.Helper()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(getBody(b, a.url+"metrics")))
+	families, err := parser.TextToMetricFamilies(strings.NewReader(getBody(b, a.probe+"metrics")))
 	if err != nil {
 		b.Fatalf("parse /metrics: %v", err)
 	}
