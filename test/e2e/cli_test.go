@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/arbiter/operator"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
@@ -223,6 +225,26 @@ func TestCLIAsOperator(t *testing.T) {
 	}
 	if h := holders(t, "reboot-manager", group); len(h) != 0 {
 		t.Errorf("holders after release = %v", h)
+	}
+	// pause and resume: of the group whose lock object exists, and of one
+	// that never had one (pause creates it).
+	fresh := group + "-new"
+	t.Cleanup(func() {
+		_ = cluster.Client.CoordinationV1().Leases("reboot-manager").Delete(context.Background(), lock.ObjectName(fresh), metav1.DeleteOptions{})
+	})
+	for _, args := range [][]string{{"pause", group}, {"pause", fresh}, {"resume", group}, {"resume", fresh}} {
+		if out, errOut, code := run(args...); code != 0 {
+			t.Errorf("%v as an operator: exit %d, stdout %q, stderr %q", args, code, out, errOut)
+		}
+	}
+	for _, g := range []string{group, fresh} {
+		l, err := cluster.Client.CoordinationV1().Leases("reboot-manager").Get(ctx, lock.ObjectName(g), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o, err := lock.DecodeObject(l); err != nil || len(o.Halts) != 0 {
+			t.Errorf("group %s after pause and resume as an operator: halts %v, %v; want none", g, o.Halts, err)
+		}
 	}
 	for _, args := range [][]string{
 		{"auth", "can-i", "delete", "pods", "-n", "default"},
