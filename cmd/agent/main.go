@@ -17,6 +17,7 @@ import (
 
 	"github.com/rebootmanager/reboot-manager/agent"
 	"github.com/rebootmanager/reboot-manager/agent/dropin"
+	"github.com/rebootmanager/reboot-manager/shared/apiversion"
 	"github.com/rebootmanager/reboot-manager/shared/envflag"
 	"github.com/rebootmanager/reboot-manager/shared/kubeclient"
 	"github.com/rebootmanager/reboot-manager/systemd"
@@ -103,6 +104,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	client, _, err := kubeclient.New(cfg.kubeconfig, "reboot-manager-agent")
 	if err != nil {
 		return err
+	}
+	// An API server too old for the policies that hold the agent to its
+	// own Node is refused; one whose version cannot be read yet is only
+	// logged, and the agent retries its work as for any API error.
+	if v, err := apiversion.Check(client.Discovery()); errors.Is(err, apiversion.ErrTooOld) {
+		return err
+	} else if err != nil {
+		log.Warn("could not check the API server's version", "node", cfg.agent.NodeName, "err", err, "minimum", apiversion.Minimum)
+	} else {
+		log.Info("API server version", "node", cfg.agent.NodeName, "version", v, "minimum", apiversion.Minimum)
 	}
 	return agent.New(cfg.agent, client, sd, log).Run(ctx)
 }

@@ -53,6 +53,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter/tokens"
 	"github.com/rebootmanager/reboot-manager/arbiter/volumes"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/apiversion"
 	"github.com/rebootmanager/reboot-manager/shared/envflag"
 	"github.com/rebootmanager/reboot-manager/shared/kubeclient"
 )
@@ -221,6 +222,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if *c.client, err = apiclient.New(restConfig, c.job, apiMetrics); err != nil {
 			return err
 		}
+	}
+	if err := checkVersion(control, log); err != nil {
+		return err
 	}
 	if cfg.identity == "" {
 		host, _ := os.Hostname()
@@ -496,6 +500,22 @@ func shutdown(cause error, servers ...*http.Server) error {
 		}
 	}
 	return cause
+}
+
+// checkVersion refuses an API server older than apiversion.Minimum. One
+// whose version cannot be read (down at start, say) is only logged: the
+// arbiter then waits for it, unready, as it would for any outage.
+func checkVersion(client kubernetes.Interface, log *slog.Logger) error {
+	v, err := apiversion.Check(client.Discovery())
+	switch {
+	case errors.Is(err, apiversion.ErrTooOld):
+		return err
+	case err != nil:
+		log.Warn("could not check the API server's version", "err", err, "minimum", apiversion.Minimum)
+	default:
+		log.Info("API server version", "version", v, "minimum", apiversion.Minimum)
+	}
+	return nil
 }
 
 // The probe listener's limits: the kubelet's probes and a scrape or two

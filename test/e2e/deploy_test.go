@@ -3,8 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,7 +172,7 @@ func TestRBAC(t *testing.T) {
 		{arbiterSA, "update", "leases.coordination.k8s.io", "kube-node-lease", false},
 		{arbiterSA, "list", "leases.coordination.k8s.io", "kube-node-lease", false},
 		{arbiterSA, "update", "configmaps", "reboot-manager", false},
-		{agentSA, "watch", "services", "reboot-manager", true},
+		{agentSA, "watch", "services", "reboot-manager", false}, // only the arbiter's, by name
 		{agentSA, "patch", "nodes", "", true},
 		{agentSA, "list", "services", "*", false},
 		{agentSA, "delete", "nodes", "", false},
@@ -197,6 +200,117 @@ func TestRBAC(t *testing.T) {
 				t.Errorf("can-i %v = %q, want %v", args, out, tt.want)
 			}
 		})
+	}
+}
+
+// rbacRow is one row of `kubectl auth can-i --list`, or of the README's
+// RBAC table: a resource, the names it is limited to, and one verb.
+type rbacRow struct{ resource, names, verb string }
+
+func (r rbacRow) String() string {
+	if r.names == "" {
+		return r.verb + " " + r.resource
+	}
+	return r.verb + " " + r.resource + " named " + r.names
+}
+
+// canList is what `kubectl auth can-i --list -n ns` says that the user as
+// in groups may do to resources.
+func canList(t *testing.T, ns, as string, groups ...string) map[rbacRow]bool {
+	t.Helper()
+	args := []string{"auth", "can-i", "--list", "-n", ns, "--as", as}
+	for _, g := range groups {
+		args = append(args, "--as-group", g)
+	}
+	out, err := cluster.Kubectl(args...)
+	if err != nil {
+		t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+	}
+	row := regexp.MustCompile(`^(\S+)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$`)
+	rows := map[rbacRow]bool{}
+	for _, line := range strings.Split(out, "\n")[1:] {
+		m := row.FindStringSubmatch(line)
+		if m == nil { // a non-resource URL, or blank
+			continue
+		}
+		for _, v := range strings.Fields(m[4]) {
+			rows[rbacRow{m[1], m[3], v}] = true
+		}
+	}
+	return rows
+}
+
+// readmeRBAC is the README's RBAC table: role → namespace ("*" for all)
+// → rows.
+func readmeRBAC(t *testing.T) map[string]map[string][]rbacRow {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(cluster.Root, "README.md"))
+	must(t, err)
+	_, table, ok := strings.Cut(string(raw), "<!-- rbac-table -->")
+	table, _, ok2 := strings.Cut(table, "<!-- /rbac-table -->")
+	if !ok || !ok2 {
+		t.Fatal("README.md has no <!-- rbac-table --> … <!-- /rbac-table -->")
+	}
+	out := map[string]map[string][]rbacRow{}
+	for _, line := range strings.Split(strings.TrimSpace(table), "\n")[2:] {
+		cells := strings.Split(strings.Trim(line, "| "), "|")
+		if len(cells) != 5 {
+			t.Fatalf("README RBAC row %q: want 5 cells", line)
+		}
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
+		role, ns := cells[0], cells[1]
+		if out[role] == nil {
+			out[role] = map[string][]rbacRow{}
+		}
+		for _, v := range strings.Fields(cells[4]) {
+			out[role][ns] = append(out[role][ns], rbacRow{cells[2], cells[3], v})
+		}
+	}
+	return out
+}
+
+// TestRBACList: for the arbiter's and the agent's ServiceAccounts and the
+// operators' group, `kubectl auth can-i --list` in each namespace says what
+// the README's RBAC table says, beyond what every authenticated user may
+// do, and nothing more.
+func TestRBACList(t *testing.T) {
+	installRBAC(t)
+	table := readmeRBAC(t)
+	subjects := []struct {
+		role   string
+		as     string
+		groups []string
+	}{
+		{"arbiter", arbiterSA, nil},
+		{"agent", agentSA, nil},
+		{"operator", "alice", []string{"reboot-manager-operators"}},
+	}
+	if len(table) != len(subjects) {
+		t.Fatalf("README RBAC table has roles %v, want arbiter, agent and operator", slices.Collect(maps.Keys(table)))
+	}
+	for _, ns := range []string{"reboot-manager", "default", "kube-node-lease", "kube-system", "demo"} {
+		base := canList(t, ns, "system:serviceaccount:reboot-manager:nobody")
+		for _, s := range subjects {
+			t.Run(s.role+" in "+ns, func(t *testing.T) {
+				want := map[rbacRow]bool{}
+				for _, r := range append(slices.Clone(table[s.role]["*"]), table[s.role][ns]...) {
+					want[r] = true
+				}
+				got := canList(t, ns, s.as, s.groups...)
+				for r := range got {
+					if !want[r] && !base[r] {
+						t.Errorf("may %s, which the README's RBAC table does not say", r)
+					}
+				}
+				for r := range want {
+					if !got[r] {
+						t.Errorf("may not %s, which the README's RBAC table says it may", r)
+					}
+				}
+			})
+		}
 	}
 }
 
