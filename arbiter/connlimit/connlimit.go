@@ -4,8 +4,9 @@
 //
 // A source is an IPv4 address, or an IPv6 /64: the block one host, or one
 // router's SNAT, is given, and one attacker holds at least. A connection
-// over its source's limit is closed as soon as it is accepted. It never
-// takes one of the places in all, and it is never queued. A connection over
+// over its source's limit is closed once accepted (after Config.Linger, so
+// that a source dialling again at once does not spin the accept loop). It
+// never takes one of the places in all, and it is never served. A connection over
 // the limit in all waits in the kernel's backlog until a place frees, as
 // with golang.org/x/net/netutil.LimitListener, so a flood of new
 // connections cannot exhaust the process.
@@ -15,6 +16,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Config sets the limits of a Listener.
@@ -26,18 +29,26 @@ type Config struct {
 	// Refused, if set, is called with the source of every connection
 	// closed because its source was at its limit. It must not block.
 	Refused func(source netip.Prefix)
+	// Linger is how long a refused connection is held, unread, before it
+	// is closed, so that a source dialling again at once does not spin
+	// the accept loop; at most MaxLingering are held at a time (beyond,
+	// they are closed at once). Zero closes at once.
+	Linger       time.Duration
+	MaxLingering int
 }
 
 // Listener is a net.Listener with the limits of its Config.
 type Listener struct {
 	net.Listener
-	cfg   Config
-	slots chan struct{} // one token per connection open, up to Max
-	done  chan struct{}
-	close sync.Once
+	cfg    Config
+	slots  chan struct{} // one token per connection open or being accepted, up to Max
+	active atomic.Int64  // connections open
+	done   chan struct{}
+	close  sync.Once
 
-	mu   sync.Mutex
-	open map[netip.Prefix]int
+	mu        sync.Mutex
+	open      map[netip.Prefix]int
+	lingering int
 }
 
 // New wraps ln with cfg's limits. Max and PerSource must be at least 1.
@@ -84,17 +95,19 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		src, keyed := Source(c.RemoteAddr())
 		if keyed && !l.take(src) {
-			c.Close()
 			<-l.slots
+			l.refuse(c)
 			if l.cfg.Refused != nil {
 				l.cfg.Refused(src)
 			}
 			continue
 		}
+		l.active.Add(1)
 		return &conn{Conn: c, release: sync.OnceFunc(func() {
 			if keyed {
 				l.give(src)
 			}
+			l.active.Add(-1)
 			<-l.slots
 		})}, nil
 	}
@@ -108,13 +121,33 @@ func (l *Listener) Close() error {
 }
 
 // Len is the number of connections open, from all sources.
-func (l *Listener) Len() int { return len(l.slots) }
+func (l *Listener) Len() int { return int(l.active.Load()) }
 
 // Open is the number of connections open from src.
 func (l *Listener) Open(src netip.Prefix) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.open[src]
+}
+
+// refuse closes c, after Linger if fewer than MaxLingering are held.
+func (l *Listener) refuse(c net.Conn) {
+	l.mu.Lock()
+	linger := l.cfg.Linger > 0 && l.lingering < l.cfg.MaxLingering
+	if linger {
+		l.lingering++
+	}
+	l.mu.Unlock()
+	if !linger {
+		c.Close()
+		return
+	}
+	time.AfterFunc(l.cfg.Linger, func() {
+		c.Close()
+		l.mu.Lock()
+		l.lingering--
+		l.mu.Unlock()
+	})
 }
 
 func (l *Listener) take(src netip.Prefix) bool {

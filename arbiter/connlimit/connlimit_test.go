@@ -44,16 +44,22 @@ type server struct {
 
 func serve(t *testing.T, max, perSource int) *server {
 	t.Helper()
+	return serveConfig(t, Config{Max: max, PerSource: perSource})
+}
+
+func serveConfig(t *testing.T, cfg Config) *server {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &server{accepted: make(chan net.Conn, 100)}
-	s.l = New(ln, Config{Max: max, PerSource: perSource, Refused: func(p netip.Prefix) {
+	cfg.Refused = func(p netip.Prefix) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.refused = append(s.refused, p)
-	}})
+	}
+	s.l = New(ln, cfg)
 	go func() {
 		for {
 			c, err := s.l.Accept()
@@ -176,5 +182,31 @@ func TestClose(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("Accept did not return after Close")
+	}
+}
+
+// TestLinger: a refused connection is held, unread, for Linger before it
+// is closed, but no more than MaxLingering at a time; it never takes a
+// place.
+func TestLinger(t *testing.T) {
+	s := serveConfig(t, Config{Max: 10, PerSource: 1, Linger: 500 * time.Millisecond, MaxLingering: 1})
+	s.dial(t, "127.0.0.2")
+	if s.next(2*time.Second) == nil {
+		t.Fatal("the first connection was not accepted")
+	}
+	held := s.dial(t, "127.0.0.2")
+	start := time.Now()
+	over := s.dial(t, "127.0.0.2") // beyond MaxLingering: closed at once
+	if !closedByPeerWithin(over, 2*time.Second) || time.Since(start) > 400*time.Millisecond {
+		t.Errorf("a refused connection beyond MaxLingering was not closed at once (%s)", time.Since(start))
+	}
+	if closedByPeerWithin(held, 100*time.Millisecond) {
+		t.Fatal("a refused connection within MaxLingering was closed before Linger")
+	}
+	if !closedByPeerWithin(held, 2*time.Second) {
+		t.Fatal("a lingering connection was not closed after Linger")
+	}
+	if n := s.l.Len(); n != 1 {
+		t.Errorf("%d connections open, want 1: refused ones take no place", n)
 	}
 }

@@ -384,12 +384,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer endRequests(nil)
 	srv.BaseContext = func(net.Listener) context.Context { return requests }
 	connections := newConnectionMetrics(registry, log)
-	ln, err := arbiter.Listen(cfg.listenAddress, connlimit.Config{Max: cfg.maxConnections, PerSource: cfg.maxPerSource, Refused: connections.refused("fleetlock")})
+	ln, err := arbiter.Listen(cfg.listenAddress, connlimit.Config{Max: cfg.maxConnections, PerSource: cfg.maxPerSource,
+		Refused: connections.refused("fleetlock"), Linger: refusedLinger, MaxLingering: cfg.maxConnections})
 	if err != nil {
 		return err
 	}
 	connections.watch("fleetlock", ln)
-	probeLn, err := arbiter.Listen(cfg.probeAddress, connlimit.Config{Max: probeMaxConnections, PerSource: probePerSource, Refused: connections.refused("probes")})
+	probeLn, err := arbiter.Listen(cfg.probeAddress, connlimit.Config{Max: probeMaxConnections, PerSource: probePerSource,
+		Refused: connections.refused("probes"), Linger: refusedLinger, MaxLingering: probeMaxConnections})
 	if err != nil {
 		ln.Close()
 		return err
@@ -525,6 +527,11 @@ const (
 	probeMaxConnections = 256
 	probePerSource      = 8
 )
+
+// refusedLinger is how long a connection refused for its source is held
+// before it is closed: a source that dials again at once then costs the
+// arbiter one accept a second per connection, not a busy loop.
+const refusedLinger = time.Second
 
 // connectionMetrics counts the connections the listeners hold and refuse,
 // and logs refusals at most once a minute.
