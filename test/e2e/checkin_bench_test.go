@@ -38,7 +38,9 @@ func BenchmarkCheckIn(b *testing.B) {
 	ns := cluster.Namespace(b)
 	ids := createPlainNodes(b, ns, n, nil)
 
-	a := startArbiter(b, ns, "--log-level", "warn")
+	// The load stands for a fleet of hosts, each its own source, all
+	// sending from 127.0.0.1: no per-source limit.
+	a := startArbiter(b, ns, "--log-level", "warn", "--max-connections-per-source", "1000")
 	// Wait until the arbiter's cache holds every Node: the last one is known.
 	probe := fleetlock.ClientParams{ID: ids[n-1], Group: fleetlock.DefaultGroup}
 	for {

@@ -131,9 +131,16 @@ func p5Run(b *testing.B, cfg p5Config) {
 		return err
 	}
 
-	args := []string{"--log-level", cmp.Or(os.Getenv("BENCH_P5_LOG_LEVEL"), "warn"), "--max-wait", "20s"}
+	// The hosts are each their own source in a fleet, but all send from
+	// 127.0.0.1 here: no per-source limit (the default --max-connections
+	// still holds).
+	args := []string{"--log-level", cmp.Or(os.Getenv("BENCH_P5_LOG_LEVEL"), "warn"), "--max-wait", "20s",
+		"--max-connections-per-source", "1000"}
 	var a *arbiter
 	if path := os.Getenv("BENCH_P5_ARBITER"); path != "" {
+		if !hasFlag(b, path, "max-connections-per-source") { // an earlier release
+			args = args[:len(args)-2]
+		}
 		a = startArbiterBinary(b, path, ns, args...)
 	} else {
 		a = startArbiter(b, ns, args...)
