@@ -34,6 +34,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
@@ -213,13 +214,27 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	//   - events: a burst of them (a NoNodeCredential Warning for each of
 	//     2,000 Nodes as their first requests arrive) once held every
 	//     decision behind it for 40 s.
+	//
+	// Every request but the informers' watches has a deadline: a request
+	// whose response never completes (seen after an API server restart:
+	// headers sent, the body never) would otherwise hold its decision, and
+	// every request sharing its read, for ever.
 	apiMetrics := apiclient.NewMetrics(registry)
 	var decisions, workers, caches, control, events kubernetes.Interface
 	for _, c := range []struct {
-		job    string
-		client *kubernetes.Interface
-	}{{"decisions", &decisions}, {"workers", &workers}, {"caches", &caches}, {"control", &control}, {"events", &events}} {
-		if *c.client, err = apiclient.New(restConfig, c.job, apiMetrics); err != nil {
+		job     string
+		client  *kubernetes.Interface
+		timeout time.Duration
+	}{
+		{"decisions", &decisions, 10 * time.Second},
+		{"workers", &workers, 30 * time.Second},
+		{"caches", &caches, 0}, // watches last; client-go bounds them itself
+		{"control", &control, 10 * time.Second},
+		{"events", &events, 10 * time.Second},
+	} {
+		cfg := rest.CopyConfig(restConfig)
+		cfg.Timeout = c.timeout
+		if *c.client, err = apiclient.New(cfg, c.job, apiMetrics); err != nil {
 			return err
 		}
 	}
