@@ -106,14 +106,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	// An API server too old for the policies that hold the agent to its
-	// own Node is refused; one whose version cannot be read yet is only
-	// logged, and the agent retries its work as for any API error.
-	if v, err := apiversion.Check(client.Discovery()); errors.Is(err, apiversion.ErrTooOld) {
+	// own Node is refused.
+	if err := apiversion.Require(client.Discovery(), log.With("node", cfg.agent.NodeName)); err != nil {
 		return err
-	} else if err != nil {
-		log.Warn("could not check the API server's version", "node", cfg.agent.NodeName, "err", err, "minimum", apiversion.Minimum)
-	} else {
-		log.Info("API server version", "node", cfg.agent.NodeName, "version", v, "minimum", apiversion.Minimum)
 	}
 	return agent.New(cfg.agent, client, sd, log).Run(ctx)
 }

@@ -238,7 +238,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 			return err
 		}
 	}
-	if err := checkVersion(control, log); err != nil {
+	if err := apiversion.Require(control.Discovery(), log); err != nil {
 		return err
 	}
 	if cfg.identity == "" {
@@ -517,22 +517,6 @@ func shutdown(cause error, servers ...*http.Server) error {
 		}
 	}
 	return cause
-}
-
-// checkVersion refuses an API server older than apiversion.Minimum. One
-// whose version cannot be read (down at start, say) is only logged: the
-// arbiter then waits for it, unready, as it would for any outage.
-func checkVersion(client kubernetes.Interface, log *slog.Logger) error {
-	v, err := apiversion.Check(client.Discovery())
-	switch {
-	case errors.Is(err, apiversion.ErrTooOld):
-		return err
-	case err != nil:
-		log.Warn("could not check the API server's version", "err", err, "minimum", apiversion.Minimum)
-	default:
-		log.Info("API server version", "version", v, "minimum", apiversion.Minimum)
-	}
-	return nil
 }
 
 // The probe listener's limits: the kubelet's probes and a scrape or two

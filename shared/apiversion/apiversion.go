@@ -8,6 +8,7 @@ package apiversion
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/discovery"
@@ -37,4 +38,21 @@ func Check(d discovery.ServerVersionInterface) (string, error) {
 			ErrTooOld, info.GitVersion, Minimum)
 	}
 	return info.GitVersion, nil
+}
+
+// Require is Check for a program starting: it returns the error of an API
+// server older than Minimum, and only logs one whose version cannot be
+// read (down at start, say), which the program then waits out as any
+// outage.
+func Require(d discovery.ServerVersionInterface, log *slog.Logger) error {
+	v, err := Check(d)
+	switch {
+	case errors.Is(err, ErrTooOld):
+		return err
+	case err != nil:
+		log.Warn("could not check the API server's version", "err", err, "minimum", Minimum)
+	default:
+		log.Info("API server version", "version", v, "minimum", Minimum)
+	}
+	return nil
 }
