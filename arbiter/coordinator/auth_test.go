@@ -121,7 +121,11 @@ func TestHoldsElsewhere(t *testing.T) {
 		{"g", "n1", ""},     // its own group: Acquire confirms the slot
 		{"other", "n2", ""}, // another node
 	} {
-		err := c.holdsElsewhere(context.Background(), c.log, tc.group, tc.node)
+		fresh, err := f.FreshNow(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.holdsElsewhere(c.log, fresh, tc.group, tc.node)
 		if tc.want == "" && err != nil || tc.want != "" && !fleetlock.IsKind(err, tc.want) {
 			t.Errorf("holdsElsewhere(%s, %s) = %v, want %q", tc.group, tc.node, err, tc.want)
 		}

@@ -36,8 +36,9 @@ type Nodes interface {
 	LookupFresh(ctx context.Context, id string) ([]*corev1.Node, error)
 	// Fresh reads a Node from the API server.
 	Fresh(ctx context.Context, name string) (*corev1.Node, error)
-	// StartDrain cordons the node for a holding and mirrors Draining.
-	StartDrain(ctx context.Context, from *corev1.Node, group, holding string) error
+	// StartDrain cordons the node for a holding and mirrors Draining. It
+	// returns the node as its write left it (nil when nothing changed).
+	StartDrain(ctx context.Context, from *corev1.Node, group, holding string) (*corev1.Node, error)
 	// MarkRebooting mirrors an approval.
 	MarkRebooting(ctx context.Context, name, bootID string) error
 	// SetPhase shows the phase of the holding's cycle on the node.
@@ -52,17 +53,20 @@ type Nodes interface {
 
 // Lock is the group semaphore.
 type Lock interface {
-	// Acquire, Get, Advance and ReleaseMatching read the lock object fresh
+	// AcquireFrom, Get, Advance and ReleaseMatching read the lock object
+	// fresh (AcquireFrom's first attempt from a fresh Listing, when given)
 	// and write it by compare-and-swap.
-	Acquire(ctx context.Context, group string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error)
+	AcquireFrom(ctx context.Context, from *lock.Listing, group string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error)
 	Get(ctx context.Context, group string) (lock.Object, error)
 	Advance(ctx context.Context, group, id string, since time.Time, change func(*lock.Holder)) (lock.Holder, error)
 	SteadyState(ctx context.Context, from *lock.Listing, group string, match func(lock.Holder) bool, now time.Time) (released, kept []lock.Holder, err error)
 	Approve(ctx context.Context, group, id string, since time.Time, nodeUID types.UID, a lock.Approval) (lock.Holder, bool, error)
 	ReleaseMatching(ctx context.Context, group string, match func(lock.Holder) bool) ([]lock.Holder, error)
-	// Fresh and FreshListing list every group's lock object from the API
-	// server; FreshGroups reads only those of groups.
+	// Fresh, FreshNow and FreshListing list every group's lock object from
+	// the API server (FreshNow never waits for the spacing between lists);
+	// FreshGroups reads only those of groups.
 	Fresh(ctx context.Context) (map[string][]lock.Holder, error)
+	FreshNow(ctx context.Context) (*lock.Listing, error)
 	FreshListing(ctx context.Context) (*lock.Listing, error)
 	FreshGroups(ctx context.Context, groups []string) (*lock.Listing, error)
 	// Leave withdraws the word for a waiting request in the line.
@@ -252,7 +256,7 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 		deadline = t.C
 	}
 
-	mine, err := c.takeSlot(ctx, log, p, node, h, deadline, until)
+	mine, read, err := c.takeSlot(ctx, log, p, node, h, deadline, until)
 	if err != nil {
 		return err
 	}
@@ -265,7 +269,7 @@ func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) e
 		log.Info("reboot approved for a host outside the cluster")
 		return nil
 	}
-	err = c.cycle(ctx, log, p, mine, deadline)
+	err = c.cycle(ctx, log, p, mine, read, deadline)
 	if fleetlock.IsKind(err, fleetlock.KindLockHeld) {
 		// The slot went while the request was under way: say so if its
 		// drain failed and gave it back (a fresh read; it only refuses).
@@ -340,21 +344,25 @@ func (c *Coordinator) ambiguous(log *slog.Logger, id, why string) error {
 // have come, the gap has passed, or the window opens, until the deadline
 // (at until). A host that finds the line full is answered at once, and so
 // is a gate refusal, unless the window opens before the deadline.
+//
+// When this call took the slot, it also returns the consistent GET of the
+// node that admitted it (made in the attempt that took it, before its
+// compare-and-swap), from which the cycle starts; otherwise nil.
 func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, node *corev1.Node, h lock.Holder,
-	deadline <-chan time.Time, until time.Time) (lock.Holder, error) {
+	deadline <-chan time.Time, until time.Time) (lock.Holder, *corev1.Node, error) {
 	var w *waiter
 	if deadline != nil {
 		holds := c.holdsCached(p.Group, p.ID)
 		if n := c.lineFullCached(p.Group, p.ID); n > 0 && !holds {
 			// The cache can only refuse: the line is full without it.
 			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
-			return lock.Holder{}, c.lineFull(p.Group, n)
+			return lock.Holder{}, nil, c.lineFull(p.Group, n)
 		}
 		if n := c.queue.size(p.Group); n >= c.cfg.MaxWaiters && !holds {
 			// Enough wait on this replica to fill every slot that may
 			// free soon: answer now, and keep the connection for others.
 			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
-			return lock.Holder{}, fleetlock.Errorf(fleetlock.KindLockHeld,
+			return lock.Holder{}, nil, fleetlock.Errorf(fleetlock.KindLockHeld,
 				"group %q is full, and %d requests wait ahead of this one on this server, the most it holds: ask again later", p.Group, n)
 		}
 		w, _ = c.queue.join(p.Group, p.ID)
@@ -383,6 +391,7 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		}
 	}()
 	noted := ""
+	var read *corev1.Node // the node as this attempt's admission read it
 	for first := true; ; first = false {
 		if !first {
 			recheck.Reset(jittered())
@@ -391,6 +400,20 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 		lim := lock.Limits{Slots: s.Slots, MinGap: s.MinGap.Duration}
 		if deadline != nil {
 			lim.Line = lock.Line{Length: c.lineLength(s), Until: minTime(until, c.now().Add(lock.Presence))}
+		}
+		read = nil
+		// A Node's attempt decides on a consistent list of every lock
+		// object, made for it: it shows a slot held in another group, and
+		// the compare-and-swap starts from the group's object in it.
+		var listing *lock.Listing
+		if node != nil {
+			var err error
+			if listing, err = c.lock.FreshNow(ctx); err != nil {
+				if ctx.Err() != nil {
+					return lock.Holder{}, nil, interrupted(ctx, log)
+				}
+				return lock.Holder{}, nil, failure(log, "list the reboot slots", err)
+			}
 		}
 		admit := func() error {
 			// A new holder: who asks, on a fresh read of the node (the
@@ -402,14 +425,15 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 				if n, err = c.nodes.Fresh(ctx, node.Name); err != nil {
 					return err
 				}
+				read = n
 			}
 			if err := c.authenticate(ctx, log, n, p.Group); err != nil {
 				return err
 			}
-			// ... and no slot of the node in another group, on a
-			// consistent list of the lock objects.
+			// ... and no slot of the node in another group, on the
+			// attempt's consistent list of the lock objects.
 			if node != nil {
-				if err := c.holdsElsewhere(ctx, log, p.Group, node.Name); err != nil {
+				if err := c.holdsElsewhere(log, listing, p.Group, node.Name); err != nil {
 					return err
 				}
 			}
@@ -427,19 +451,19 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			}
 			return err
 		}
-		res, err := c.lock.Acquire(ctx, p.Group, h, lim, admit)
+		res, err := c.lock.AcquireFrom(ctx, listing, p.Group, h, lim, admit)
 		err = haltedKind(err)
 		var fe *fleetlock.Error
 		var opens <-chan time.Time
 		switch {
 		case errors.As(err, &fe) && (fe.Kind == fleetlock.KindUnauthorized || fe.Kind == fleetlock.KindWrongGroup):
-			return lock.Holder{}, fe
+			return lock.Holder{}, nil, fe
 		case errors.As(err, &fe) && fe.Kind == fleetlock.KindOutsideWindow && deadline != nil:
 			// Wait for the window if it opens before the deadline.
 			at, ok := s.OpensWithin(c.now(), until.Sub(c.now()))
 			if !ok {
 				c.noteWaiting(ctx, log, p.Group, node, fe.Value, &noted)
-				return lock.Holder{}, fe
+				return lock.Holder{}, nil, fe
 			}
 			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q waits for its maintenance window, which opens at %s", p.Group, at.UTC().Format(time.RFC3339)), &noted)
 			// A little jitter, so the waiters of every replica do not all
@@ -451,16 +475,16 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			case <-opens:
 			case <-recheck.C: // keep up the word for this request in the line
 			case <-deadline:
-				return lock.Holder{}, fe
+				return lock.Holder{}, nil, fe
 			case <-ctx.Done():
-				return lock.Holder{}, interrupted(ctx, log)
+				return lock.Holder{}, nil, interrupted(ctx, log)
 			}
 			continue
 		case errors.As(err, &fe):
 			c.noteWaiting(ctx, log, p.Group, node, fe.Value, &noted)
-			return lock.Holder{}, fe
+			return lock.Holder{}, nil, fe
 		case err != nil && ctx.Err() != nil:
-			return lock.Holder{}, interrupted(ctx, log)
+			return lock.Holder{}, nil, interrupted(ctx, log)
 		case errors.Is(err, lock.ErrContention) && deadline != nil:
 			// Many wrote at once: a waiter has time to ask again.
 			log.Debug("lock object contended; asking again", "err", err)
@@ -469,20 +493,23 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 				continue
 			case <-deadline:
 			case <-ctx.Done():
-				return lock.Holder{}, interrupted(ctx, log)
+				return lock.Holder{}, nil, interrupted(ctx, log)
 			}
-			return lock.Holder{}, failure(log, "take a reboot slot", err)
+			return lock.Holder{}, nil, failure(log, "take a reboot slot", err)
 		case err != nil:
-			return lock.Holder{}, failure(log, "take a reboot slot", err)
+			return lock.Holder{}, nil, failure(log, "take a reboot slot", err)
 		case res.Granted:
 			if res.Changed {
 				log.Info("slot taken", "slots", s.Slots, "line", len(res.Line))
 			}
-			return res.Holder, nil
+			if !res.Changed {
+				read = nil // held before: the cycle reads the node itself
+			}
+			return res.Holder, read, nil
 		}
 		if lim.Line.Length > 0 && res.Place < 0 {
 			c.metrics.lineFull.WithLabelValues(p.Group).Inc()
-			return lock.Holder{}, c.lineFull(p.Group, len(res.Line))
+			return lock.Holder{}, nil, c.lineFull(p.Group, len(res.Line))
 		}
 		var denial error
 		var gapOver <-chan time.Time
@@ -504,16 +531,16 @@ func (c *Coordinator) takeSlot(ctx context.Context, log *slog.Logger, p fleetloc
 			c.noteWaiting(ctx, log, p.Group, node, fmt.Sprintf("group %q is full: all %d slots are held", p.Group, s.Slots), &noted)
 		}
 		if deadline == nil {
-			return lock.Holder{}, denial
+			return lock.Holder{}, nil, denial
 		}
 		select {
 		case <-w.wake:
 		case <-gapOver:
 		case <-recheck.C:
 		case <-deadline:
-			return lock.Holder{}, denial
+			return lock.Holder{}, nil, denial
 		case <-ctx.Done():
-			return lock.Holder{}, interrupted(ctx, log)
+			return lock.Holder{}, nil, interrupted(ctx, log)
 		}
 	}
 }
@@ -595,12 +622,27 @@ func (c *Coordinator) noteWaiting(ctx context.Context, log *slog.Logger, group s
 // change rewrites by compare-and-swap. Without a deadline it answers after
 // one look at the pods; with one it looks again every DrainPoll until the
 // deadline.
-func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, h lock.Holder, deadline <-chan time.Time) error {
+func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, h lock.Holder, read *corev1.Node, deadline <-chan time.Time) error {
 	cordons := 0
+	var check *idCheck
+	if h.Stage() != lock.PhaseApproved {
+		// An approval may follow: the id check starts now, alongside
+		// the cordon and the pods' list, and is waited for only then.
+		check = c.startIDCheck(ctx, p.ID)
+		defer check.stop() // it never outlives the request
+	}
 	for {
-		n, err := c.nodes.Fresh(ctx, h.Node)
-		if err != nil {
-			return c.failed(ctx, log, "read the node", err)
+		// Each pass decides on a read of the node made in this request and
+		// as fresh as a consistent GET: for the first, the GET that
+		// admitted the slot just taken; after a cordon, the node as the
+		// cordon's write returned it; else a new GET.
+		n := read
+		read = nil
+		if n == nil {
+			var err error
+			if n, err = c.nodes.Fresh(ctx, h.Node); err != nil {
+				return c.failed(ctx, log, "read the node", err)
+			}
 		}
 		if err := c.authenticate(ctx, log, n, p.Group); err != nil {
 			return err
@@ -612,6 +654,7 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 		// cycle's cordon gets the mark first).
 		cordoned := n.Spec.Unschedulable && n.Annotations[annotations.Holding] == h.Holding(p.Group)
 		var pending drain.Pending
+		var err error
 		if identified && cordoned {
 			if pending, err = c.drainer.Pending(ctx, h.Node); err != nil {
 				return c.failed(ctx, log, "list the node's pods", err)
@@ -650,7 +693,7 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			c.mirrorApproval(ctx, log, h)
 			return nil
 		case stepApprove:
-			return c.approve(ctx, log, p, h, n)
+			return c.approve(ctx, log, p, h, n, check)
 		case stepCordon:
 			// Record the drain first: the compare-and-swap proves the slot is
 			// still ours a moment before the cordon. (A release landing in
@@ -669,7 +712,7 @@ func (c *Coordinator) cycle(ctx context.Context, log *slog.Logger, p fleetlock.C
 			if h.Stage() != lock.PhaseDraining {
 				continue // approved meanwhile through another replica: decide again
 			}
-			if err := c.nodes.StartDrain(ctx, n, p.Group, h.Holding(p.Group)); err != nil {
+			if read, err = c.nodes.StartDrain(ctx, n, p.Group, h.Holding(p.Group)); err != nil {
 				return c.failed(ctx, log, "cordon the node", err)
 			}
 			c.drainer.Enqueue(h.Node)
@@ -749,11 +792,12 @@ func (c *Coordinator) volumesLeft(ctx context.Context, log *slog.Logger, p fleet
 // now (its boot id, OS image and version, from the fresh read n), by a
 // compare-and-swap that fails if the holding is gone: a slot released while
 // the request waited is never approved. Only then does it answer 200.
-func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, h lock.Holder, n *corev1.Node) error {
+func (c *Coordinator) approve(ctx context.Context, log *slog.Logger, p fleetlock.ClientParams, h lock.Holder, n *corev1.Node, check *idCheck) error {
 	// The cache said the id names this Node alone; a clone that joined a
 	// moment ago would make the 200 go to the wrong host. Once per cycle,
-	// confirm it on a consistent list of the Nodes.
-	found, err := c.nodes.LookupFresh(ctx, p.ID)
+	// confirm it on a consistent list of the Nodes: the one check started in
+	// this request, if it started at most IDCheckAge ago, else a new one.
+	found, err := c.confirmID(ctx, check, p.ID)
 	if err != nil {
 		return c.failed(ctx, log, "confirm the id names one Node", err)
 	}
@@ -1169,16 +1213,12 @@ func (c *Coordinator) cycleGroup(node string) (string, bool) {
 }
 
 // holdsElsewhere refuses a new slot in group for a node that holds one in
-// another group, on a consistent list of the lock objects: a node is in
-// one cycle at a time. (Two requests of the same node naming two groups at
-// the same instant can still both pass; only the node's own credential can
-// send them.)
-func (c *Coordinator) holdsElsewhere(ctx context.Context, log *slog.Logger, group, node string) error {
-	all, err := c.lock.Fresh(ctx)
-	if err != nil {
-		return fmt.Errorf("list the reboot slots: %w", err)
-	}
-	for g, holders := range all {
+// another group, on fresh, a consistent list of the lock objects made for
+// this attempt: a node is in one cycle at a time. (Two requests of the same
+// node naming two groups at the same instant can still both pass; only the
+// node's own credential can send them.)
+func (c *Coordinator) holdsElsewhere(log *slog.Logger, fresh *lock.Listing, group, node string) error {
+	for g, holders := range fresh.Holders {
 		if g != group && slices.ContainsFunc(holders, func(h lock.Holder) bool { return h.Node == node }) {
 			log.Warn("pre-reboot for a node that holds a slot in another group", "node_group", g)
 			return fleetlock.Errorf(fleetlock.KindWrongGroup,

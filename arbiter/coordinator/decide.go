@@ -40,9 +40,11 @@ func (s step) String() string {
 //
 //   - h, the holder's record as the caller's own compare-and-swap (or a
 //     consistent read) of the lock object returned it;
-//   - identified, whether that node, in a consistent GET, still carries the
-//     id that asks (its agent-published id, or the id its machine id
-//     derives to): the cache that named it may lag;
+//   - identified, whether that node, in a consistent GET made in this
+//     request (or the object this request's own cordon wrote, as the API
+//     server returned it), still carries the id that asks (its
+//     agent-published id, or the id its machine id derives to): the cache
+//     that named it may lag;
 //   - rebooted, whether that GET shows another boot id than the one the
 //     approval recorded (false before an approval);
 //   - cordoned, the node's spec.unschedulable from the same GET;

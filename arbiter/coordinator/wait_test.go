@@ -44,7 +44,9 @@ func (m *memLock) changed() {
 	}
 }
 
-func (m *memLock) Acquire(_ context.Context, _ string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error) {
+// AcquireFrom decides on the memory, fresh by definition; from is the
+// List the caller made for it.
+func (m *memLock) AcquireFrom(_ context.Context, _ *lock.Listing, _ string, h lock.Holder, lim lock.Limits, admit func() error) (lock.Result, error) {
 	m.mu.Lock()
 	m.calls = append(m.calls, "Acquire")
 	if m.err != nil {
@@ -207,6 +209,15 @@ func (m *memLock) Fresh(context.Context) (map[string][]lock.Holder, error) {
 	return map[string][]lock.Holder{"g": slices.Clone(m.holders)}, m.err
 }
 
+// FreshNow lists the memory; unlike Fresh it never fails, so that err
+// reaches AcquireFrom, which the rows setting it are about.
+func (m *memLock) FreshNow(context.Context) (*lock.Listing, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.calls = append(m.calls, "List")
+	return &lock.Listing{Holders: map[string][]lock.Holder{"g": slices.Clone(m.holders)}}, nil
+}
+
 // FreshGroups reads the one group there is, "g".
 func (m *memLock) FreshGroups(context.Context, []string) (*lock.Listing, error) {
 	m.mu.Lock()
@@ -229,10 +240,12 @@ func (noNodes) LookupFresh(context.Context, string) ([]*corev1.Node, error) { re
 func (noNodes) Fresh(context.Context, string) (*corev1.Node, error) {
 	return nil, errors.New("no nodes")
 }
-func (noNodes) StartDrain(context.Context, *corev1.Node, string, string) error { return nil }
-func (noNodes) MarkRebooting(context.Context, string, string) error            { return nil }
-func (noNodes) SetWaiting(context.Context, string, string) error               { return nil }
-func (noNodes) SetPhase(context.Context, string, string, string) error         { return nil }
+func (noNodes) StartDrain(context.Context, *corev1.Node, string, string) (*corev1.Node, error) {
+	return nil, nil
+}
+func (noNodes) MarkRebooting(context.Context, string, string) error    { return nil }
+func (noNodes) SetWaiting(context.Context, string, string) error       { return nil }
+func (noNodes) SetPhase(context.Context, string, string, string) error { return nil }
 func (noNodes) Attached(context.Context, string, []lock.Volume) ([]lock.Volume, error) {
 	return nil, nil
 }
@@ -422,11 +435,13 @@ func (d *drainingNode) Fresh(context.Context, string) (*corev1.Node, error) {
 		Spec: corev1.NodeSpec{Unschedulable: d.cordoned}}, nil
 }
 
-func (d *drainingNode) StartDrain(_ context.Context, _ *corev1.Node, _, holding string) error {
+// StartDrain returns no node, as when nothing needed to change: the next
+// pass reads the node again.
+func (d *drainingNode) StartDrain(_ context.Context, _ *corev1.Node, _, holding string) (*corev1.Node, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.cordoned, d.holding = true, holding
-	return nil
+	return nil, nil
 }
 
 func (d *drainingNode) MarkRebooting(context.Context, string, string) error {

@@ -77,6 +77,7 @@ type Semaphore struct {
 	lister    coordinationlisters.LeaseLister
 	now       func() time.Time
 	fresh     *sharedRead[*Listing]
+	unspaced  *sharedRead[*Listing] // FreshNow's: never spaced
 	metrics   *Metrics
 
 	// decoded memoizes the decoding of the cache's lock objects, one per
@@ -125,6 +126,7 @@ func (s *Semaphore) cachedObject(group string) (Object, bool) {
 func New(client coordinationclient.LeasesGetter, lister coordinationlisters.LeaseLister, namespace string) *Semaphore {
 	s := &Semaphore{client: client, lister: lister, namespace: namespace, now: time.Now, metrics: NewMetrics(nil)}
 	s.fresh = &sharedRead[*Listing]{read: s.list, timeout: 30 * time.Second, spacing: FreshSpacing}
+	s.unspaced = &sharedRead[*Listing]{read: s.list, timeout: 30 * time.Second}
 	return s
 }
 
@@ -167,10 +169,18 @@ func (s *Semaphore) Get(ctx context.Context, group string) (Object, error) {
 // compare-and-swap, so replicas agree on the gap and the order.
 // Result.Holder is the caller's record as the API server holds it.
 func (s *Semaphore) Acquire(ctx context.Context, group string, h Holder, lim Limits, admit func() error) (Result, error) {
+	return s.AcquireFrom(ctx, nil, group, h, lim, admit)
+}
+
+// AcquireFrom is Acquire whose first attempt decides on group's object as
+// from lists it, when from is not nil, instead of reading it again: from
+// must be a consistent list made after the caller's decision began (see
+// FreshNow), and a conflict reads the object again.
+func (s *Semaphore) AcquireFrom(ctx context.Context, from *Listing, group string, h Holder, lim Limits, admit func() error) (Result, error) {
 	var res Result
 	var refused error
 	admitted := admit == nil
-	_, err := s.Update(ctx, group, func(o *Object) (bool, error) {
+	_, err := s.update(ctx, group, from, func(o *Object) (bool, error) {
 		if mine, ok := o.Holder(h.ID); ok {
 			refused = nil
 			res = Result{Granted: true, Holder: mine, Holders: o.Holders}
@@ -586,6 +596,16 @@ func (s *Semaphore) Fresh(ctx context.Context) (map[string][]Holder, error) {
 		return nil, err
 	}
 	return l.Holders, nil
+}
+
+// FreshNow is FreshListing without the spacing: concurrent calls still
+// share lists, but a call never waits for the spacing to pass. It is for
+// the pre-reboots of Nodes, whose wait is the hand-off's: the list shows
+// whether the node holds a slot elsewhere, and AcquireFrom starts from it.
+// Those calls are few (one per waiter whose turn may have come), unlike
+// the steady-states that Fresh's spacing protects the API server from.
+func (s *Semaphore) FreshNow(ctx context.Context) (*Listing, error) {
+	return s.unspaced.do(ctx)
 }
 
 // Listing is a consistent read of the lock objects: the holders of the

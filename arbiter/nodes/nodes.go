@@ -168,8 +168,11 @@ func (d *Directory) List() ([]*corev1.Node, error) {
 // holding named holding (see Finish). If the node was already unschedulable
 // and not by us (an admin's cordon), it stays so and is not marked as ours,
 // so Finish will leave it cordoned. from is a fresh read of the node to start
-// from, so a lagging cache cannot make it skip the cordon.
-func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group, holding string) error {
+// from, so a lagging cache cannot make it skip the cordon. It returns the
+// node as the patch's response shows it (the stored object, as fresh as a
+// consistent read made after the cordon), or nil when nothing needed to
+// change.
+func (d *Directory) StartDrain(ctx context.Context, from *corev1.Node, group, holding string) (*corev1.Node, error) {
 	return d.patchFrom(ctx, from.Name, from, false, func(n *corev1.Node) *nodePatch {
 		p := &nodePatch{annotations: map[string]*string{
 			annotations.Status:  ptr(annotations.StatusDraining),
@@ -375,7 +378,8 @@ type nodePatch struct {
 // read. decide returns nil when nothing needs to change. On success an
 // Event of reason is recorded.
 func (d *Directory) patch(ctx context.Context, name string, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) error {
-	return d.patchFrom(ctx, name, nil, false, decide, reason, format, args...)
+	_, err := d.patchFrom(ctx, name, nil, false, decide, reason, format, args...)
+	return err
 }
 
 // patchCached is patch whose first attempt decides on the cache: for marks
@@ -383,12 +387,15 @@ func (d *Directory) patch(ctx context.Context, name string, decide func(*corev1.
 // write skipped on a stale read costs nothing, and repeated requests should
 // cost no read.
 func (d *Directory) patchCached(ctx context.Context, name string, decide func(*corev1.Node) *nodePatch) error {
-	return d.patchFrom(ctx, name, nil, true, decide, "", "")
+	_, err := d.patchFrom(ctx, name, nil, true, decide, "", "")
+	return err
 }
 
 // patchFrom is patch whose first attempt starts from the node from, when
-// not nil, or else from the cache when cached.
-func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Node, cached bool, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) error {
+// not nil, or else from the cache when cached. It returns the patched node
+// as the API server returned it, or nil when decide asked for nothing.
+func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Node, cached bool, decide func(*corev1.Node) *nodePatch, reason, format string, args ...any) (*corev1.Node, error) {
+	var patched *corev1.Node
 	first := true
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		var n *corev1.Node
@@ -408,6 +415,7 @@ func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Nod
 		}
 		p := decide(n)
 		if p == nil {
+			patched = nil
 			return nil
 		}
 		body := map[string]any{"metadata": map[string]any{
@@ -421,7 +429,7 @@ func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Nod
 		if err != nil {
 			return err
 		}
-		if _, err := d.client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, raw, metav1.PatchOptions{}); err != nil {
+		if patched, err = d.client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, raw, metav1.PatchOptions{}); err != nil {
 			return err
 		}
 		if reason != "" {
@@ -434,11 +442,11 @@ func (d *Directory) patchFrom(ctx context.Context, name string, from *corev1.Nod
 	})
 	if err != nil {
 		if apierrors.IsNotFound(err) {
-			return fmt.Errorf("node %s: %w", name, err)
+			return nil, fmt.Errorf("node %s: %w", name, err)
 		}
-		return fmt.Errorf("update node %s: %w", name, err)
+		return nil, fmt.Errorf("update node %s: %w", name, err)
 	}
-	return nil
+	return patched, nil
 }
 
 func nodeRef(name string) *corev1.ObjectReference {
