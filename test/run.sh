@@ -5,14 +5,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 addr=${ARBITER_LISTEN_ADDRESS:-127.0.0.1:8080}
-trap 'test/cluster/cluster.sh down' EXIT
-go run ./test/seed -kubeconfig .cluster/kubeconfig -url "http://$addr/"
+pid=
+
+# stop ends the arbiter, then the plane. It must not stop at a failing
+# step (errexit applies inside traps too: an arbiter that already exited
+# once made `kill` fail here and left the whole plane running).
+stop() {
+	set +e
+	if [ -n "$pid" ]; then
+		kill "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null
+	fi
+	test/cluster/cluster.sh down
+}
+trap stop EXIT
+trap 'exit 0' INT TERM
+
+kubeconfig=${CLUSTER_DIR:-.cluster}/kubeconfig
+go run ./test/seed -kubeconfig "$kubeconfig" -url "http://$addr/"
 # Plain polling by default, so repeated curls show the drain (423, then 200).
 # The simulated nodes run no agent, so they have no credential: the arbiter
 # serves them unprotected, which the curls rely on.
-bin/arbiter --kubeconfig .cluster/kubeconfig --listen-address "$addr" --log-format text \
+bin/arbiter --kubeconfig "$kubeconfig" --listen-address "$addr" --log-format text \
 	--max-wait "${ARBITER_MAX_WAIT:-0}" &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; test/cluster/cluster.sh down' EXIT
-trap 'exit 0' INT TERM
-wait $pid
+wait "$pid"
