@@ -4,22 +4,74 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build manifests test deps unit e2e vet fmt-check run cluster-up cluster-down bench bench-quick soak fuzz clean
+.PHONY: all build binaries images push manifests test deps unit tools-test e2e vet fmt-check run cluster-up cluster-down bench bench-quick soak fuzz clean
+
+## The images' version (their tag), revision and date: `git describe`, the
+## commit and its time unless given. Expanded once, so `make push` builds and
+## pushes the same VERSION.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+VERSION := $(VERSION)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+CREATED ?= $(shell git log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)
+SOURCE_URL ?= https://github.com/rebootmanager/reboot-manager
+## REGISTRY: where `make push` pushes and `make manifests` points,
+## REGISTRY/arbiter:VERSION and REGISTRY/agent:VERSION (for example
+## ghcr.io/you). Empty: the images keep deploy/'s names, reboot-manager/<name>.
+REGISTRY ?=
+PLATFORMS := linux/amd64 linux/arm64
+comma := ,
+empty :=
+space := $(empty) $(empty)
+## The image builder: its own Go module, so go-containerregistry stays out of
+## the product's go.mod.
+IMAGE_TOOL := $(GO) -C test/image run .
+
+ifneq ($(filter push,$(MAKECMDGOALS)),)
+ifeq ($(strip $(REGISTRY)),)
+$(error make push needs REGISTRY, e.g. make push REGISTRY=ghcr.io/you VERSION=v1.0.0)
+endif
+endif
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/ ./cmd/...
 
-## manifests: both workloads rendered into one file for `kubectl apply -f`.
+## binaries: the static arbiter and agent for each of PLATFORMS, in
+## bin/<os>_<arch>/, for the images.
+binaries:
+	@set -e; for p in $(PLATFORMS); do \
+		os=$${p%/*} arch=$${p#*/}; \
+		echo "CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags \"-s -w\" -o $(BIN)/$${os}_$$arch/ ./cmd/arbiter ./cmd/agent"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/$${os}_$$arch/ ./cmd/arbiter ./cmd/agent; \
+	done
+
+## images: OCI images of the arbiter and the agent for PLATFORMS, with no
+## container engine: an OCI layout per image in bin/images/<name>/ and a
+## `docker load`-able linux/amd64 tarball, bin/images/<name>-linux-amd64.tar.
+images: binaries
+	$(IMAGE_TOOL) build -bin "$(CURDIR)/$(BIN)" -out "$(CURDIR)/$(BIN)/images" -version "$(VERSION)" \
+		-revision "$(REVISION)" -created "$(CREATED)" -source "$(SOURCE_URL)" -platforms "$(subst $(space),$(comma),$(PLATFORMS))"
+
+## push: the images' multi-arch indexes to REGISTRY/<name>:VERSION, with the
+## credentials of ~/.docker/config.json ($$DOCKER_CONFIG).
+push: images
+	$(IMAGE_TOOL) push -images "$(CURDIR)/$(BIN)/images" -registry "$(REGISTRY)" -version "$(VERSION)"
+
+## manifests: both workloads rendered into one file for `kubectl apply -f`,
+## with the images REGISTRY/<name>:VERSION (set in an overlay, bin/manifests/;
+## deploy/ is not changed).
 manifests:
 	@mkdir -p $(BIN)
-	"$$(test/cluster/build.sh)/kubectl" kustomize deploy > $(BIN)/reboot-manager.yaml
-	@echo "wrote $(BIN)/reboot-manager.yaml"
+	$(IMAGE_TOOL) overlay -deploy "$(CURDIR)/deploy" -out "$(CURDIR)/$(BIN)/manifests" -registry "$(REGISTRY)" -version "$(VERSION)" >/dev/null
+	"$$(test/cluster/build.sh)/kubectl" kustomize $(BIN)/manifests > $(BIN)/reboot-manager.yaml.tmp
+	@mv $(BIN)/reboot-manager.yaml.tmp $(BIN)/reboot-manager.yaml
+	@echo "wrote $(BIN)/reboot-manager.yaml, with the images $(or $(REGISTRY),reboot-manager)/{arbiter,agent}:$(VERSION)"
 
-## test: gofmt check, go vet, the static builds the Dockerfiles run, unit tests, and the end-to-end tier against the
-## local plane (started when needed; a plane that cannot start fails).
-test: deps fmt-check vet build unit e2e
+## test: gofmt check, go vet, the static builds the Dockerfiles run, unit tests, the image builder's tests (both
+## images built and run in containerd), and the end-to-end tier against the local plane (started when needed; a
+## plane that cannot start fails).
+test: deps fmt-check vet build unit tools-test e2e
 
 deps:
 	test/deps.sh
@@ -33,6 +85,11 @@ vet:
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/)
+
+## tools-test: the image builder's module (test/image): go vet, and its tests, which build both images for both
+## platforms from bin/<os>_<arch>/, run them in containerd and runc, and push them to an in-process registry.
+tools-test: binaries
+	cd test/image && $(GO) vet ./... && IMAGE_TEST_BIN="$(CURDIR)/$(BIN)" $(GO) test -count=1 -timeout 20m ./...
 
 e2e: cluster-up
 	$(GO) test -count=1 -timeout 30m ./test/...
