@@ -2,7 +2,8 @@
 // drop-in from the arbiter's Service and the Node's group label, gives the
 // host a credential, writes the drop-in when it changes, restarts Zincati
 // only when the node is not in a reboot cycle, and publishes the host's
-// Zincati id and its credential's hash on its Node.
+// Zincati id and its credential's hash on its Node. On a host that is not
+// Fedora CoreOS, or has no Zincati, it does nothing at all.
 package agent
 
 import (
@@ -33,14 +34,18 @@ import (
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
+	"github.com/rebootmanager/reboot-manager/systemd"
 )
 
 // Host is the host's systemd: it restarts a unit and waits for the result,
-// and says how boot-complete.target stands in this boot ("reached",
-// "pending", "failed", or "" for a host without it).
+// says how boot-complete.target stands in this boot ("reached",
+// "pending", "failed", or "" for a host without it), and reads a unit's
+// state. An error wrapping systemd.ErrNoBus says the bus is not there
+// (yet): the agent keeps the drop-in and the Node up to date meanwhile.
 type Host interface {
 	Restart(ctx context.Context, unit string) error
 	BootComplete(ctx context.Context) (string, error)
+	Unit(ctx context.Context, unit string) (systemd.UnitState, error)
 }
 
 // Config configures the agent.
@@ -65,6 +70,9 @@ type Config struct {
 	// BootIDPath is where the kernel gives this boot's id (not under
 	// HostRoot: /proc/sys is the host's in every container).
 	BootIDPath string
+	// Force manages a host that CheckHost would leave alone (not Fedora
+	// CoreOS, or Zincati not at /usr/libexec/zincati).
+	Force bool
 }
 
 // Agent reconciles one host.
@@ -79,6 +87,14 @@ type Agent struct {
 	// restartPending is set when the drop-in changed but Zincati could not
 	// be restarted yet (a slot is held, or the restart failed).
 	restartPending bool
+	// startChecked is set once the agent has compared, after its start,
+	// the drop-in's age with Zincati's last start: a restart that an
+	// earlier agent could not make is still owed.
+	startChecked bool
+	// noted is the last state logged per topic (logged once per change).
+	noted map[string]string
+	// busDown is set during a pass that found no system bus.
+	busDown bool
 }
 
 // New returns an Agent.
@@ -91,13 +107,40 @@ func New(cfg Config, client kubernetes.Interface, r Host, log *slog.Logger) *Age
 		cfg: cfg, client: client, restarter: r,
 		log:   log.With("node", cfg.NodeName),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(limiter, workqueue.TypedRateLimitingQueueConfig[string]{Name: "agent"}),
+		noted: map[string]string{},
 	}
+}
+
+// note logs msg at level when topic's state is not the one last noted,
+// and reports whether it did: each state change is logged once, however
+// often a retry meets it.
+func (a *Agent) note(topic, state string, level slog.Level, msg string, args ...any) bool {
+	if a.noted[topic] == state {
+		return false
+	}
+	a.noted[topic] = state
+	a.log.Log(context.Background(), level, msg, args...)
+	return true
 }
 
 const key = "host"
 
-// Run watches the Node and the Service and reconciles until ctx ends.
+// Run checks the host (CheckHost, then Zincati's unit if the bus
+// answers), then watches the Node and the Service and reconciles until ctx
+// ends. On a host it must leave alone it logs why once, records a Node
+// Event, and waits for ctx without touching the host.
 func (a *Agent) Run(ctx context.Context) error {
+	if reason, msg := CheckHost(a.cfg.HostRoot, a.cfg.Force); reason != "" {
+		return a.idle(ctx, reason, msg)
+	}
+	switch s, err := a.restarter.Unit(ctx, a.cfg.Unit); {
+	case err == nil && !s.Exists():
+		return a.idle(ctx, ReasonZincatiAbsent, fmt.Sprintf("the host's systemd knows no %s (LoadState %s): Zincati is not installed; leaving the host alone", a.cfg.Unit, s.Load))
+	case errors.Is(err, systemd.ErrNoBus):
+		// Sync says so, and retries.
+	case err != nil:
+		a.log.Warn("cannot read Zincati's unit; carrying on", "unit", a.cfg.Unit, "err", err)
+	}
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(a.client, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + a.cfg.NodeName }))
 	svcFactory := informers.NewSharedInformerFactoryWithOptions(a.client, 10*time.Minute, informers.WithNamespace(a.cfg.ServiceNamespace),
@@ -133,10 +176,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		if quit {
 			return nil
 		}
-		if err := a.Sync(ctx); err != nil {
-			a.log.Error("reconcile failed; retrying with backoff", "err", err, "failures", a.queue.NumRequeues(k)+1)
+		err := a.Sync(ctx)
+		var alone *leaveAlone
+		switch {
+		case errors.As(err, &alone):
+			a.queue.Done(k)
+			a.queue.ShutDown()
+			return a.idle(ctx, alone.reason, alone.message)
+		case errors.Is(err, systemd.ErrNoBus):
+			a.note("reconcile", "no bus", slog.LevelWarn, "systemd is not reachable on the system bus: the drop-in and the Node are kept up to date, and Zincati's restart waits for the bus; retrying with backoff from 1 s to 5 min", "err", err)
 			a.queue.AddRateLimited(k)
-		} else {
+		case err != nil:
+			a.note("reconcile", err.Error(), slog.LevelError, "reconcile failed; retrying with backoff from 1 s to 5 min", "err", err)
+			a.queue.AddRateLimited(k)
+		default:
+			if a.noted["reconcile"] != "" {
+				a.note("reconcile", "", slog.LevelInfo, "reconciled again")
+			}
 			a.queue.Forget(k)
 		}
 		a.queue.Done(k)
@@ -148,6 +204,17 @@ func (a *Agent) Run(ctx context.Context) error {
 // Zincati if the drop-in changed (or a previous credential is still
 // accepted) and the node is not in a reboot cycle.
 func (a *Agent) Sync(ctx context.Context) error {
+	a.busDown = false
+	if err := a.sync(ctx); err != nil {
+		return err
+	}
+	if a.busDown {
+		return fmt.Errorf("reconcile without systemd: %w", systemd.ErrNoBus)
+	}
+	return nil
+}
+
+func (a *Agent) sync(ctx context.Context) error {
 	node, err := a.nodes.Get(a.cfg.NodeName)
 	if err != nil {
 		return fmt.Errorf("get node %s: %w", a.cfg.NodeName, err)
@@ -175,6 +242,9 @@ func (a *Agent) Sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.ensureDir(dir); err != nil {
+		return err
+	}
 	changed, err := dropin.Write(dir, a.cfg.FileName, content, acc)
 	if err != nil {
 		return err
@@ -183,6 +253,10 @@ func (a *Agent) Sync(ctx context.Context) error {
 	if changed {
 		log.Info("wrote the Zincati drop-in", "path", filepath.Join(dir, a.cfg.FileName), "credential", cred.secret != "", "mode", acc.Mode.String())
 		a.restartPending = true
+		a.startChecked = true
+	}
+	if err := a.checkOwed(ctx, log, dir); err != nil {
+		return err
 	}
 	if !a.restartPending && !cred.previous {
 		return nil
@@ -200,18 +274,25 @@ func (a *Agent) Sync(ctx context.Context) error {
 			return nil // retired already: the cache lags
 		}
 		if why, ok := inCycle(fresh); ok {
-			log.Info("Zincati restart deferred: the node is in a reboot cycle", "cycle", why)
+			a.note("cycle", why, slog.LevelInfo, "Zincati restart deferred: the node is in a reboot cycle", "cycle", why)
 			return nil
 		}
+		delete(a.noted, "cycle")
 	}
 	// A first credential restarts Zincati at once, cycle or not: the Node
 	// now publishes a hash, and a Zincati running without the credential
 	// would be refused until it restarts.
-	if err := a.restarter.Restart(ctx, a.cfg.Unit); err != nil {
-		return fmt.Errorf("apply the new drop-in: %w", err)
+	restart, err := a.mayRestart(ctx, log, dir)
+	if err != nil || !restart.restart && !restart.runsDropIn {
+		return err
+	}
+	if restart.restart {
+		if err := a.restarter.Restart(ctx, a.cfg.Unit); err != nil {
+			return fmt.Errorf("apply the new drop-in: %w", err)
+		}
+		log.Info("restarted Zincati", "unit", a.cfg.Unit)
 	}
 	a.restartPending = false
-	log.Info("restarted Zincati", "unit", a.cfg.Unit)
 	if cred.previous {
 		// Zincati runs the drop-in's credential now: the old ones are no
 		// longer accepted.
@@ -221,6 +302,103 @@ func (a *Agent) Sync(ctx context.Context) error {
 		log.Info("retired the previous credential")
 	}
 	return nil
+}
+
+// ensureDir makes Zincati's drop-in directory when the host lacks it:
+// only on a host CheckHost passed (Fedora CoreOS with Zincati installed,
+// or --force), whose package may not ship /etc/zincati/config.d.
+func (a *Agent) ensureDir(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create Zincati's drop-in directory: %w", err)
+	}
+	a.log.Info("created Zincati's drop-in directory", "path", dir)
+	return nil
+}
+
+// checkOwed decides, once after the agent starts and the bus answers,
+// whether a restart of Zincati is still owed: the drop-in is newer than
+// Zincati's last start (its ActiveEnterTimestamp), so an earlier agent
+// wrote it and was gone before it could restart Zincati. When systemd does
+// not say when Zincati started, no restart is assumed owed: the agent
+// does not restart Zincati on a guess.
+func (a *Agent) checkOwed(ctx context.Context, log *slog.Logger, dir string) error {
+	if a.startChecked || a.restartPending {
+		return nil
+	}
+	s, err := a.restarter.Unit(ctx, a.cfg.Unit)
+	switch {
+	case errors.Is(err, systemd.ErrNoBus):
+		a.busDown = true
+		return nil
+	case err != nil:
+		return fmt.Errorf("read %s's state after the agent's start: %w", a.cfg.Unit, err)
+	case !s.Exists():
+		return a.absent(s)
+	}
+	a.startChecked = true
+	fi, err := os.Stat(filepath.Join(dir, a.cfg.FileName))
+	if err != nil {
+		return fmt.Errorf("read the drop-in's age: %w", err)
+	}
+	if !s.ActiveEnterKnown {
+		log.Warn("systemd does not say when Zincati last started: no restart is assumed owed", "unit", a.cfg.Unit)
+		return nil
+	}
+	if fi.ModTime().After(s.ActiveEnter) {
+		a.restartPending = true
+		log.Info("the drop-in is newer than Zincati's last start: its restart is still owed",
+			"unit", a.cfg.Unit, "written", fi.ModTime().UTC().Format(time.RFC3339Nano), "zincati_started", s.ActiveEnter.UTC().Format(time.RFC3339Nano))
+	}
+	return nil
+}
+
+// absent is the leaveAlone for a unit systemd does not know.
+func (a *Agent) absent(s systemd.UnitState) error {
+	return &leaveAlone{ReasonZincatiAbsent, fmt.Sprintf("the host's systemd knows no %s (LoadState %s): Zincati is not installed; leaving the host alone", a.cfg.Unit, s.Load)}
+}
+
+// restartDecision is what mayRestart decided.
+type restartDecision struct {
+	// restart: Zincati is running, starting or failed, and does not run
+	// the drop-in yet.
+	restart bool
+	// runsDropIn: Zincati is active and started after the drop-in was
+	// written, so it runs it already.
+	runsDropIn bool
+}
+
+// mayRestart reads Zincati's state before a restart. A Zincati that is
+// stopped without having failed (an administrator's systemctl stop) is
+// never started: the agent logs it once, records a Node Event, and looks
+// again in a minute; Zincati reads the drop-in whenever it next starts. A
+// failed one is restarted: that is no one's stop, and the new drop-in may
+// be what it lacked.
+func (a *Agent) mayRestart(ctx context.Context, log *slog.Logger, dir string) (restartDecision, error) {
+	s, err := a.restarter.Unit(ctx, a.cfg.Unit)
+	switch {
+	case err != nil:
+		return restartDecision{}, fmt.Errorf("read %s's state before restarting it: %w", a.cfg.Unit, err)
+	case !s.Exists():
+		return restartDecision{}, a.absent(s)
+	case s.Stopped():
+		msg := fmt.Sprintf("%s is stopped (ActiveState %s, SubState %s), not failed: the agent does not start it; it reads the drop-in when it next starts", a.cfg.Unit, s.Active, s.Sub)
+		if a.note("zincati", "stopped", slog.LevelInfo, msg, "unit", a.cfg.Unit) {
+			a.event(ctx, corev1.EventTypeNormal, ReasonZincatiStopped, msg)
+		}
+		a.queue.AddAfter(key, time.Minute)
+		return restartDecision{}, nil
+	}
+	delete(a.noted, "zincati")
+	if s.Active == "active" && s.ActiveEnterKnown && !s.ActiveEnter.IsZero() {
+		if fi, err := os.Stat(filepath.Join(dir, a.cfg.FileName)); err == nil && !s.ActiveEnter.Before(fi.ModTime()) {
+			log.Info("Zincati started after the drop-in was written: it runs it, no restart", "unit", a.cfg.Unit)
+			return restartDecision{runsDropIn: true}, nil
+		}
+	}
+	return restartDecision{restart: true}, nil
 }
 
 // hostCredential is what credential decided.
@@ -317,9 +495,10 @@ func inCycle(n *corev1.Node) (string, bool) {
 func (a *Agent) access(log *slog.Logger) dropin.Access {
 	acc, err := dropin.ZincatiAccess(a.cfg.HostRoot)
 	if err != nil {
-		log.Warn("the drop-in holding the credential is world-readable: Zincati's group is unknown", "err", err)
+		a.note("access", err.Error(), slog.LevelWarn, "the drop-in holding the credential is world-readable: Zincati's group is unknown", "err", err)
 		return dropin.Public
 	}
+	delete(a.noted, "access")
 	return acc
 }
 
@@ -370,11 +549,16 @@ func (a *Agent) witness(ctx context.Context, node *corev1.Node) {
 	}
 	want := map[string]string{annotations.BootID: strings.TrimSpace(string(raw))} // "" removes
 	switch state, err := a.restarter.BootComplete(ctx); {
+	case errors.Is(err, systemd.ErrNoBus):
+		// Sync retries with backoff until the bus is there.
+		a.busDown = true
+		want[annotations.BootComplete] = ""
 	case err != nil:
-		a.log.Warn("cannot read boot-complete.target", "err", err)
+		a.note("boot-complete", err.Error(), slog.LevelWarn, "cannot read boot-complete.target", "err", err)
 		want[annotations.BootComplete] = ""
 		a.queue.AddAfter(key, 5*time.Second)
 	default:
+		delete(a.noted, "boot-complete")
 		want[annotations.BootComplete] = state
 		if state == "pending" {
 			a.queue.AddAfter(key, 5*time.Second)
@@ -413,22 +597,11 @@ func (a *Agent) witness(ctx context.Context, node *corev1.Node) {
 // osVersion is VERSION from the host's os-release (/usr/lib/os-release,
 // else /etc/os-release), "" when it has none.
 func osVersion(root string) (string, error) {
-	var raw []byte
-	var err error
-	for _, p := range []string{"usr/lib/os-release", "etc/os-release"} {
-		if raw, err = os.ReadFile(filepath.Join(root, p)); err == nil {
-			break
-		}
-	}
+	rel, err := osRelease(root)
 	if err != nil {
-		return "", fmt.Errorf("read os-release: %w", err)
+		return "", err
 	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "VERSION="); ok {
-			return strings.Trim(v, `"'`), nil
-		}
-	}
-	return "", nil
+	return rel["VERSION"], nil
 }
 
 // baseURL returns the configured override or the arbiter Service's URL.

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/systemd"
 )
 
 // bootHost is a Host whose boot-complete.target reads as state, or err.
@@ -23,6 +24,9 @@ type bootHost struct {
 
 func (bootHost) Restart(context.Context, string) error          { return nil }
 func (h bootHost) BootComplete(context.Context) (string, error) { return h.state, h.err }
+func (bootHost) Unit(context.Context, string) (systemd.UnitState, error) {
+	return systemd.UnitState{Load: "loaded", Active: "active"}, nil
+}
 
 // TestWitness: the three values always describe the boot id beside them.
 // A value that cannot be read in a new boot is removed, never left from

@@ -1,9 +1,14 @@
 package systemd
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -126,4 +131,138 @@ func TestBootComplete(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestUnit(t *testing.T) {
+	addr, _ := startBus(t)
+	fake := fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"})
+	started := time.Date(2026, 11, 3, 10, 0, 0, 123456000, time.UTC)
+	fake.SetUnit("running.service", map[string]any{"ActiveState": "active", "SubState": "running", "ActiveEnterTimestamp": uint64(started.UnixMicro())})
+	fake.SetUnit("stopped.service", map[string]any{"ActiveState": "inactive", "SubState": "dead", "ActiveEnterTimestamp": uint64(0)})
+	fake.SetUnit("stopping.service", map[string]any{"ActiveState": "deactivating", "SubState": "stop-sigterm", "ActiveEnterTimestamp": uint64(started.UnixMicro())})
+	fake.SetUnit("masked.service", map[string]any{"LoadState": "masked", "ActiveState": "inactive", "SubState": "dead", "ActiveEnterTimestamp": uint64(0)})
+	fake.SetUnit("bad.service", map[string]any{"ActiveState": int32(3), "SubState": "dead"})
+	m, err := Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	tests := []struct {
+		unit            string
+		want            UnitState
+		exists, stopped bool
+		wantErr         string
+	}{
+		{unit: "running.service", want: UnitState{Load: "loaded", Active: "active", Sub: "running", ActiveEnter: started, ActiveEnterKnown: true}, exists: true},
+		{unit: "stopped.service", want: UnitState{Load: "loaded", Active: "inactive", Sub: "dead", ActiveEnterKnown: true}, exists: true, stopped: true},
+		{unit: "stopping.service", want: UnitState{Load: "loaded", Active: "deactivating", Sub: "stop-sigterm", ActiveEnter: started, ActiveEnterKnown: true}, exists: true, stopped: true},
+		{unit: "masked.service", want: UnitState{Load: "masked", Active: "inactive", Sub: "dead", ActiveEnterKnown: true}, exists: true, stopped: true},
+		// The stand-in has no ActiveEnterTimestamp for it: not known.
+		{unit: "zincati.service", want: UnitState{Load: "loaded", Active: "failed", Sub: "failed"}, exists: true},
+		{unit: "bad.service", wantErr: "read ActiveState of bad.service: not a string"},
+		{unit: "missing.service", wantErr: "read LoadState of missing.service"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.unit, func(t *testing.T) {
+			got, err := m.Unit(context.Background(), tt.unit)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Unit = %+v, %v; want an error containing %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.ActiveEnter.Equal(tt.want.ActiveEnter) {
+				t.Errorf("ActiveEnter = %v, want %v", got.ActiveEnter, tt.want.ActiveEnter)
+			}
+			got.ActiveEnter, tt.want.ActiveEnter = time.Time{}, time.Time{}
+			if got != tt.want || got.Exists() != tt.exists || got.Stopped() != tt.stopped {
+				t.Errorf("Unit = %+v (exists %v, stopped %v), want %+v (exists %v, stopped %v)", got, got.Exists(), got.Stopped(), tt.want, tt.exists, tt.stopped)
+			}
+		})
+	}
+	if (UnitState{Load: "not-found"}).Exists() {
+		t.Error("a not-found unit exists")
+	}
+}
+
+// startBusAt runs a private dbus-daemon listening on the socket path.
+func startBusAt(t *testing.T, path string) func() {
+	t.Helper()
+	conf := filepath.Join(t.TempDir(), "bus.conf")
+	if err := os.WriteFile(conf, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>unix:path=`+path+`</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/>
+  </policy>
+</busconfig>
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("dbus-daemon", "--config-file="+conf, "--nofork", "--print-address=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start dbus-daemon: %v", err)
+	}
+	kill := sync.OnceFunc(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); os.Remove(path) })
+	t.Cleanup(kill)
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatalf("read the bus address: %v", err)
+	}
+	return kill
+}
+
+// TestBusComesAndGoes: a Bus made before its bus exists says ErrNoBus,
+// works once the bus is there, says ErrNoBus again when it goes, and
+// reconnects when a new daemon listens at the same address.
+func TestBusComesAndGoes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "system_bus_socket")
+	addr := "unix:path=" + path
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b := NewBus(ctx, addr)
+	defer b.Close()
+	expectNoBus := func(when string) {
+		t.Helper()
+		if _, err := b.Unit(ctx, "zincati.service"); !errors.Is(err, ErrNoBus) {
+			t.Fatalf("Unit %s = %v, want ErrNoBus", when, err)
+		}
+		if err := b.Restart(ctx, "zincati.service"); !errors.Is(err, ErrNoBus) {
+			t.Fatalf("Restart %s = %v, want ErrNoBus", when, err)
+		}
+		if _, err := b.BootComplete(ctx); !errors.Is(err, ErrNoBus) {
+			t.Fatalf("BootComplete %s = %v, want ErrNoBus", when, err)
+		}
+	}
+	expectWorks := func(when string, fake *fakesystemd.Manager, restarts int) {
+		t.Helper()
+		if s, err := b.Unit(ctx, "zincati.service"); err != nil || s.Active != "failed" {
+			t.Fatalf("Unit %s = %+v, %v", when, s, err)
+		}
+		if err := b.Restart(ctx, "zincati.service"); err != nil {
+			t.Fatalf("Restart %s: %v", when, err)
+		}
+		if got := len(fake.Restarts()); got != restarts {
+			t.Fatalf("restarts %s = %d, want %d", when, got, restarts)
+		}
+		// A unit that is not there is an error, but not ErrNoBus.
+		if err := b.Restart(ctx, "missing.service"); err == nil || errors.Is(err, ErrNoBus) {
+			t.Fatalf("Restart of a missing unit %s = %v, want a plain error", when, err)
+		}
+	}
+	expectNoBus("before the bus exists")
+	kill := startBusAt(t, path)
+	expectWorks("once the bus is there", fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"}), 1)
+	kill()
+	expectNoBus("after the bus went")
+	startBusAt(t, path)
+	expectWorks("with a new bus at the same address", fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"}), 1)
 }

@@ -60,7 +60,7 @@ func agentClient(t *testing.T, node string) kubernetes.Interface {
 	cfg := rest.CopyConfig(cluster.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{
 		UserName: agentSA,
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:reboot-manager", "system:authenticated"},
+		Groups:   agentGroups,
 		Extra:    map[string][]string{"authentication.kubernetes.io/node-name": {node}},
 	}
 	c, err := kubernetes.NewForConfig(cfg)

@@ -51,10 +51,9 @@ func startAgentBinary(t *testing.T, node simNode, machineID, baseURL string) *ag
 	addr, _ := fakesystemd.StartBus(t)
 	sd := fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"})
 	sd.SetUnit("boot-complete.target", map[string]any{"ActiveState": "active", "Job": fakesystemd.NoJob})
-	must(t, os.MkdirAll(filepath.Join(root, "usr/lib"), 0o755))
-	must(t, os.WriteFile(filepath.Join(root, "usr/lib/os-release"), []byte("NAME=\"Fedora Linux\"\nVERSION=\"41.20241109.3.0 (CoreOS)\"\nID=fedora\n"), 0o644))
+	fcosHost(t, root)
 	kubeconfig := cluster.ImpersonatingKubeconfigExtra(t, agentSA,
-		[]string{"system:serviceaccounts", "system:serviceaccounts:reboot-manager", "system:authenticated"},
+		agentGroups,
 		map[string][]string{"authentication.kubernetes.io/node-name": {node.name}})
 	p := &agentProc{root: root, dropIn: filepath.Join(root, "etc/zincati/config.d", dropin.DefaultName), systemd: sd,
 		logPath: filepath.Join(t.TempDir(), "agent.log")}

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -12,20 +14,25 @@ import (
 	"testing"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
 const (
 	arbiterSA = "system:serviceaccount:reboot-manager:arbiter"
-	agentSA   = "system:serviceaccount:reboot-manager:agent"
+	agentSA   = "system:serviceaccount:reboot-manager-agent:agent"
 )
+
+// agentGroups are the groups of the agent's ServiceAccount.
+var agentGroups = []string{"system:serviceaccounts", "system:serviceaccounts:reboot-manager-agent", "system:authenticated"}
 
 // installRBAC applies the namespace, RBAC and groups manifests for real.
 func installRBAC(t *testing.T) {
@@ -75,7 +82,7 @@ func TestAgentOwnNodePolicy(t *testing.T) {
 	cfg := rest.CopyConfig(cluster.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{
 		UserName: agentSA,
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:reboot-manager", "system:authenticated"},
+		Groups:   agentGroups,
 		Extra:    map[string][]string{"authentication.kubernetes.io/node-name": {nodes[0].name}},
 	}
 	agentClient, err := kubernetes.NewForConfig(cfg)
@@ -178,6 +185,11 @@ func TestRBAC(t *testing.T) {
 		{agentSA, "delete", "nodes", "", false},
 		{agentSA, "create", "pods/eviction", "demo", false},
 		{agentSA, "get", "secrets", "reboot-manager", false},
+		{agentSA, "get", "services", "reboot-manager-agent", false},
+		{agentSA, "create", "events", "default", true}, // on its Node
+		{agentSA, "patch", "events", "default", false},
+		{agentSA, "create", "events", "reboot-manager", false},
+		{agentSA, "create", "pods", "reboot-manager-agent", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.as+" "+tt.verb+" "+tt.resource+" "+tt.namespace, func(t *testing.T) {
@@ -290,7 +302,7 @@ func TestRBACList(t *testing.T) {
 	if len(table) != len(subjects) {
 		t.Fatalf("README RBAC table has roles %v, want arbiter, agent and operator", slices.Collect(maps.Keys(table)))
 	}
-	for _, ns := range []string{"reboot-manager", "default", "kube-node-lease", "kube-system", "demo"} {
+	for _, ns := range []string{"reboot-manager", "reboot-manager-agent", "default", "kube-node-lease", "kube-system", "demo"} {
 		base := canList(t, ns, "system:serviceaccount:reboot-manager:nobody")
 		for _, s := range subjects {
 			t.Run(s.role+" in "+ns, func(t *testing.T) {
@@ -358,4 +370,98 @@ func TestArbiterAsServiceAccount(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// uninstall runs deploy/uninstall/uninstall.sh against the plane with ns
+// as both the arbiter's and the agent's namespace, with the plane's
+// kubectl and the kubectl-reboot_manager plugin on PATH.
+func uninstall(t *testing.T, ns string, nodes ...string) (string, int) {
+	t.Helper()
+	bin := t.TempDir()
+	must(t, os.Symlink(filepath.Join(cluster.Bin, "kubectl"), filepath.Join(bin, "kubectl")))
+	must(t, os.Symlink(binary(t, "kubectl-reboot_manager"), filepath.Join(bin, "kubectl-reboot_manager")))
+	cmd := exec.Command(filepath.Join(cluster.Root, "deploy/uninstall/uninstall.sh"), nodes...)
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "KUBECONFIG="+cluster.Kubeconfig,
+		"ARBITER_NAMESPACE="+ns, "AGENT_NAMESPACE="+ns, "TIMEOUT=60s")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatal(err)
+	}
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// TestUninstall: the uninstall script refuses, and changes nothing, while
+// a node holds a slot; once none does, it pauses every group, deletes the
+// agent's DaemonSet, and runs one cleanup Job pinned to each node, with
+// the DaemonSet's image and --cleanup, until each completes.
+func TestUninstall(t *testing.T) {
+	ctx := context.Background()
+	ns := cluster.Namespace(t)
+	nodes := newNodes(t, ns, 2, nil)
+	ds := fixtures.DaemonSet(ns, "agent", ns)
+	ds.Spec.Template.Spec.Containers[0].Image = "example.com/reboot-manager/agent:uninstall-test"
+	must(t, create(ctx, cluster.Client.AppsV1().DaemonSets(ns).Create, ds))
+	sem := lock.New(cluster.Client.CoordinationV1(), nil, ns)
+	if _, err := sem.Acquire(ctx, "db", lock.Holder{ID: nodes[0].id, Node: nodes[0].name}, lock.Limits{Slots: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	jobs := func() []batchv1.Job {
+		t.Helper()
+		l, err := cluster.Client.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=reboot-manager-cleanup"})
+		must(t, err)
+		return l.Items
+	}
+	halted := func(group string) bool {
+		t.Helper()
+		l, err := cluster.Client.CoordinationV1().Leases(ns).Get(ctx, lock.ObjectName(group), metav1.GetOptions{})
+		must(t, err)
+		o, err := lock.DecodeObject(l)
+		must(t, err)
+		return len(o.Halts) > 0
+	}
+
+	out, code := uninstall(t, ns, nodes[0].name, nodes[1].name)
+	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "db 1") {
+		t.Fatalf("uninstall with a held slot: exit %d:\n%s", code, out)
+	}
+	if j := jobs(); len(j) != 0 || halted("db") {
+		t.Fatalf("the refused uninstall changed things: %d Jobs, halted %v", len(j), halted("db"))
+	}
+	if _, err := cluster.Client.AppsV1().DaemonSets(ns).Get(ctx, "agent", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the refused uninstall deleted the DaemonSet: %v", err)
+	}
+
+	if _, err := sem.Release(ctx, "db", nodes[0].id); err != nil {
+		t.Fatal(err)
+	}
+	out, code = uninstall(t, ns, nodes[0].name, nodes[1].name)
+	if code != 0 {
+		t.Fatalf("uninstall: exit %d:\n%s", code, out)
+	}
+	if !halted("db") {
+		t.Error("uninstall did not pause the groups")
+	}
+	if _, err := cluster.Client.AppsV1().DaemonSets(ns).Get(ctx, "agent", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the agent's DaemonSet after uninstall: %v, want not found", err)
+	}
+	pinned := map[string]bool{}
+	for _, j := range jobs() {
+		spec := j.Spec.Template.Spec
+		c := spec.Containers[0]
+		if c.Image != ds.Spec.Template.Spec.Containers[0].Image || !slices.Equal(c.Args, []string{"--cleanup"}) || j.Status.Succeeded != 1 {
+			t.Errorf("Job %s: image %s, args %v, succeeded %d; want the DaemonSet's image, --cleanup, 1", j.Name, c.Image, c.Args, j.Status.Succeeded)
+		}
+		var paths []string
+		for _, v := range spec.Volumes {
+			paths = append(paths, v.HostPath.Path)
+		}
+		if !slices.Equal(paths, []string{"/etc", "/usr", "/run"}) {
+			t.Errorf("Job %s mounts %v, want the agent's /etc, /usr, /run", j.Name, paths)
+		}
+		pinned[spec.NodeName] = true
+	}
+	if len(pinned) != 2 || !pinned[nodes[0].name] || !pinned[nodes[1].name] {
+		t.Errorf("cleanup Jobs on %v, want one on each of %s and %s", pinned, nodes[0].name, nodes[1].name)
+	}
 }

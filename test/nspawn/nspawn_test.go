@@ -1,6 +1,8 @@
 // Package nspawn tests the agent's host integration against a real systemd,
 // D-Bus and journald, booted with systemd-nspawn from a cached debootstrap
-// root filesystem (test/systemd/rootfs.sh) with a dummy zincati.service.
+// root filesystem (test/systemd/rootfs.sh) with a dummy zincati.service,
+// and the agent's whole flow against that host and the local control
+// plane (test/harness).
 package nspawn
 
 import (
@@ -20,17 +22,31 @@ import (
 	"github.com/rebootmanager/reboot-manager/agent/dropin"
 	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/systemd"
+	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
 // machine is a booted container.
 type machine struct {
 	leader string // PID of the container's systemd, as a string
 	root   string // /proc/LEADER/root
+	// view is the host as the agent's DaemonSet mounts it, seen from
+	// outside: the container's /etc (read-write), /usr and /run
+	// (read-only) bind-mounted under /hostview inside it.
+	view string
 }
 
-var box *machine
+var (
+	box     *machine
+	cluster *harness.Cluster
+)
 
 func TestMain(m *testing.M) {
+	cl, err := harness.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: the tier-2 agent tests need the local control plane:", err)
+		os.Exit(1)
+	}
+	cluster = cl
 	mc, stop, err := boot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: the tier-2 agent tests need a systemd-nspawn container:", err)
@@ -41,6 +57,18 @@ func TestMain(m *testing.M) {
 	stop()
 	os.Exit(code)
 }
+
+// hostView mounts, inside the container, what the DaemonSet's hostPath
+// volumes give the agent: /etc read-write, /usr and /run read-only, each
+// with its submounts (the kubelet's hostPath binds are recursive), all
+// under /hostview.
+const hostView = `set -e
+for d in etc usr run; do
+	mkdir -p /hostview/$d
+	mount --rbind /$d /hostview/$d
+done
+mount -o remount,bind,ro /hostview/usr
+mount -o remount,bind,ro /hostview/run`
 
 func repo() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -83,6 +111,11 @@ func boot() (*machine, func(), error) {
 		m.root = "/proc/" + m.leader + "/root"
 		state, _ := m.exec("systemctl", "is-system-running")
 		if s := strings.TrimSpace(state); s == "running" || s == "degraded" {
+			if out, err := m.exec("sh", "-c", hostView); err != nil {
+				stop()
+				return nil, nil, fmt.Errorf("mount the host view in the container: %v\n%s", err, out)
+			}
+			m.view = m.root + "/hostview"
 			return m, stop, nil
 		}
 	}
@@ -154,46 +187,40 @@ func TestRestartRealZincati(t *testing.T) {
 	}
 }
 
-// TestAgentCleanupJournal runs the real agent binary with --cleanup against
-// the container: it removes the drop-in, restarts Zincati, and its records
-// reach the container's journal under the identifier reboot-manager-agent.
-// The journal socket's path is fixed, so the agent runs in its own mount
-// namespace where /run/systemd/journal/socket is the container's, as the
-// DaemonSet's hostPath mount makes it.
+// TestAgentCleanupJournal runs the real agent binary with --cleanup
+// against the container as the uninstall Job mounts it (the host view): it
+// removes the drop-in, restarts the running Zincati, and its records reach
+// the container's journal, through the read-only /run, under the
+// identifier reboot-manager-agent.
 func TestAgentCleanupJournal(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "agent")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/agent")
-	build.Dir = repo()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/agent: %v\n%s", err, out)
-	}
+	bin := agentBinary(t)
 	if _, err := dropin.Write(box.root+"/etc/zincati/config.d", dropin.DefaultName, []byte("# to be removed\n"), dropin.Public); err != nil {
 		t.Fatal(err)
 	}
-	script := `set -e
-mount -t tmpfs tmpfs /run
-mkdir -p /run/systemd/journal
-ln -s ` + box.root + `/run/systemd/journal/socket /run/systemd/journal/socket
-exec "$@"`
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-		bin, "--cleanup", "--host-root", box.root, "--node-name", "fcos-test")
-	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS=unix:path="+box.root+"/run/dbus/system_bus_socket")
+	starts := zincatiStarts(t)
+	node := "fcos-cleanup-" + fmt.Sprint(time.Now().UnixNano())
+	cmd := exec.Command(bin, "--cleanup", "--host-root", box.view, "--node-name", node)
+	cmd.Env = withoutBusEnv()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("agent --cleanup: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(box.root + "/etc/zincati/config.d/" + dropin.DefaultName); !os.IsNotExist(err) {
 		t.Errorf("the drop-in is still there (%v)", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, _ := box.exec("journalctl", "-t", "reboot-manager-agent", "--no-pager", "-o", "verbose")
-		if strings.Contains(out, "removed the Zincati drop-in") && strings.Contains(out, "NODE=fcos-test") && strings.Contains(out, "CHANGED=true") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("journalctl -t reboot-manager-agent in the container shows:\n%s", out)
-		}
-		time.Sleep(200 * time.Millisecond)
+	waitJournal(t, "-t", "reboot-manager-agent", "-o", "verbose")(func(out string) bool {
+		return strings.Contains(out, "removed the Zincati drop-in") && strings.Contains(out, "NODE="+node) && strings.Contains(out, "CHANGED=true")
+	})
+	if got := zincatiStarts(t); got != starts+1 {
+		t.Errorf("Zincati started %d times during the cleanup, want once", got-starts)
+	}
+	// Again: nothing left to remove, and Zincati started since: no restart.
+	cmd = exec.Command(bin, "--cleanup", "--host-root", box.view, "--node-name", node)
+	cmd.Env = withoutBusEnv()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("agent --cleanup again: %v\n%s", err, out)
+	}
+	if got := zincatiStarts(t); got != starts+1 {
+		t.Errorf("a second cleanup started Zincati again (%d starts)", got-starts)
 	}
 }
 
