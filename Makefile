@@ -91,8 +91,11 @@ unit:
 tools-test: binaries
 	cd test/image && $(GO) vet ./... && IMAGE_TEST_BIN="$(CURDIR)/$(BIN)" $(GO) test -count=1 -timeout 20m ./...
 
+## e2e: the end-to-end tier, then the monitoring component's tests (test/tools, a module of its own for
+## Prometheus, kustomize and the operator's CRDs), both against the local plane.
 e2e: cluster-up
 	$(GO) test -count=1 -timeout 30m ./test/...
+	cd test/tools && $(GO) vet ./... && $(GO) test -count=1 -timeout 20m ./...
 
 ## bench: the benchmarks against the local plane (P1 check-in cost, P2
 ## rollout makespan, P3 drain time, P4 memory; numbers for closing notes);
