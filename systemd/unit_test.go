@@ -1,14 +1,10 @@
 package systemd
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -188,38 +184,6 @@ func TestUnit(t *testing.T) {
 	}
 }
 
-// startBusAt runs a private dbus-daemon listening on the socket path.
-func startBusAt(t *testing.T, path string) func() {
-	t.Helper()
-	conf := filepath.Join(t.TempDir(), "bus.conf")
-	if err := os.WriteFile(conf, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path=`+path+`</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/>
-  </policy>
-</busconfig>
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("dbus-daemon", "--config-file="+conf, "--nofork", "--print-address=1")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start dbus-daemon: %v", err)
-	}
-	kill := sync.OnceFunc(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); os.Remove(path) })
-	t.Cleanup(kill)
-	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-		t.Fatalf("read the bus address: %v", err)
-	}
-	return kill
-}
-
 // TestBusComesAndGoes: a Bus made before its bus exists says ErrNoBus,
 // works once the bus is there, says ErrNoBus again when it goes, and
 // reconnects when a new daemon listens at the same address.
@@ -259,10 +223,10 @@ func TestBusComesAndGoes(t *testing.T) {
 		}
 	}
 	expectNoBus("before the bus exists")
-	kill := startBusAt(t, path)
+	_, kill := fakesystemd.StartBusAt(t, path)
 	expectWorks("once the bus is there", fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"}), 1)
 	kill()
 	expectNoBus("after the bus went")
-	startBusAt(t, path)
+	fakesystemd.StartBusAt(t, path)
 	expectWorks("with a new bus at the same address", fakesystemd.Start(t, addr, map[string]string{"zincati.service": "done"}), 1)
 }

@@ -22,12 +22,19 @@ import (
 // early.
 func StartBus(t testing.TB) (string, func()) {
 	t.Helper()
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "bus.conf")
+	return StartBusAt(t, filepath.Join(t.TempDir(), "bus"))
+}
+
+// StartBusAt is StartBus listening on the socket path, which the kill
+// function removes: a later StartBusAt on the same path is the bus coming
+// back, as after a restart of the host's dbus-daemon.
+func StartBusAt(t testing.TB, path string) (string, func()) {
+	t.Helper()
+	conf := filepath.Join(t.TempDir(), "bus.conf")
 	if err := os.WriteFile(conf, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
-  <listen>unix:path=`+filepath.Join(dir, "bus")+`</listen>
+  <listen>unix:path=`+path+`</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
     <allow user="*"/>
@@ -47,7 +54,7 @@ func StartBus(t testing.TB) (string, func()) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start dbus-daemon: %v", err)
 	}
-	kill := sync.OnceFunc(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	kill := sync.OnceFunc(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); os.Remove(path) })
 	t.Cleanup(kill)
 	addr, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
