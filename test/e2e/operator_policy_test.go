@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -19,6 +21,8 @@ import (
 
 	"github.com/rebootmanager/reboot-manager/arbiter/lock"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
@@ -187,4 +191,86 @@ func TestOperatorPolicy(t *testing.T) {
 		}
 	}
 	refused(t, "an Event in kube-system", event("kube-system"))
+}
+
+// TestOperatorCannotHaltDrains replays the attack that halted every drain,
+// against a running arbiter in the middle of one: the operator rewrites the
+// leader-election Lease with a foreign holder and a long duration, by
+// update and by patch, and deletes it. Each is refused, the arbiter keeps
+// leading, and the drain, blocked by a PodDisruptionBudget until then, goes
+// on to its approval once the budget allows it.
+func TestOperatorCannotHaltDrains(t *testing.T) {
+	installRBAC(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const arbiterNS, leaderName = "reboot-manager", "reboot-manager-arbiter"
+	wns := cluster.Namespace(t)
+	group := harness.Prefix(t)
+	target := newNodes(t, wns, 1, inGroup(group))[0]
+	must(t, fixtures.CreateGuarded(ctx, cluster.Client, wns, "web", wns, 2, 2))
+	must(t, fixtures.WaitRunning(ctx, cluster.Client, wns, "app=web", 2))
+	t.Cleanup(func() {
+		_ = cluster.Client.CoordinationV1().Leases(arbiterNS).Delete(context.Background(), lock.ObjectName(group), metav1.DeleteOptions{})
+	})
+	a := startArbiter(t, arbiterNS)
+	host, err := os.Hostname()
+	must(t, err)
+	self := fmt.Sprintf("%s-%d", host, a.pid)
+	leases := cluster.Client.CoordinationV1().Leases(arbiterNS)
+	renewed := func() (*coordinationv1.Lease, error) {
+		l, err := leases.Get(ctx, leaderName, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != self || l.Spec.RenewTime == nil {
+			return nil, fmt.Errorf("leader-election Lease held by %v, want %s", l.Spec.HolderIdentity, self)
+		}
+		return l, nil
+	}
+	// Before a previous test's leader times out this may take its lease duration.
+	harness.Eventually(t, 40*time.Second, "the arbiter leads", func() error { _, err := renewed(); return err })
+	harness.Eventually(t, 30*time.Second, "the drain blocked by the PDB", func() error {
+		err := a.preReboot(target.id, group)
+		if !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
+			t.Fatalf("pre-reboot = %v, want drain_in_progress", err)
+		}
+		if !strings.Contains(getNode(t, target.name).Annotations[annotations.DrainMessage], "PodDisruptionBudget") {
+			return errors.New("no drain message naming the PDB yet")
+		}
+		return nil
+	})
+
+	opLeases := operatorClient(t).CoordinationV1().Leases(arbiterNS)
+	leader, err := opLeases.Get(ctx, leaderName, metav1.GetOptions{})
+	must(t, err)
+	foreign, long := "attacker", int32(1<<30)
+	leader.Spec.HolderIdentity, leader.Spec.LeaseDurationSeconds = &foreign, &long
+	_, err = opLeases.Update(ctx, leader, metav1.UpdateOptions{})
+	refused(t, "rewrite the leader-election Lease", err)
+	_, err = opLeases.Patch(ctx, leaderName, types.MergePatchType,
+		[]byte(`{"spec":{"holderIdentity":"attacker","leaseDurationSeconds":1073741824}}`), metav1.PatchOptions{})
+	refused(t, "patch the leader-election Lease", err)
+	err = opLeases.Delete(ctx, leaderName, metav1.DeleteOptions{})
+	refused(t, "delete the leader-election Lease", err)
+
+	// The arbiter still leads: it renews after the attack.
+	before, err := renewed()
+	must(t, err)
+	harness.Eventually(t, 20*time.Second, "a renewal after the attack", func() error {
+		l, err := renewed()
+		if err != nil {
+			t.Fatalf("after the attack: %v", err)
+		}
+		if !l.Spec.RenewTime.After(before.Spec.RenewTime.Time) {
+			return errors.New("not renewed yet")
+		}
+		return nil
+	})
+	// And the drain goes on: with the budget relaxed, the node empties and
+	// is approved.
+	must(t, fixtures.SetMinAvailable(ctx, cluster.Client, wns, "web", 0))
+	approveUntil(t, a, target, group, 40*time.Second)
+	if n := a.logged(t, "stopped leading"); n != 0 {
+		t.Errorf("the arbiter logged %d leadership losses", n)
+	}
 }
