@@ -282,17 +282,9 @@ func (a *Agent) sync(ctx context.Context) error {
 	// A first credential restarts Zincati at once, cycle or not: the Node
 	// now publishes a hash, and a Zincati running without the credential
 	// would be refused until it restarts.
-	restart, err := a.mayRestart(ctx, log, dir)
-	if err != nil || !restart.restart && !restart.runsDropIn {
+	if runs, err := a.applyDropIn(ctx, log, dir); err != nil || !runs {
 		return err
 	}
-	if restart.restart {
-		if err := a.restarter.Restart(ctx, a.cfg.Unit); err != nil {
-			return fmt.Errorf("apply the new drop-in: %w", err)
-		}
-		log.Info("restarted Zincati", "unit", a.cfg.Unit)
-	}
-	a.restartPending = false
 	if cred.previous {
 		// Zincati runs the drop-in's credential now: the old ones are no
 		// longer accepted.
@@ -360,45 +352,41 @@ func (a *Agent) absent(s systemd.UnitState) error {
 	return &leaveAlone{ReasonZincatiAbsent, fmt.Sprintf("the host's systemd knows no %s (LoadState %s): Zincati is not installed; leaving the host alone", a.cfg.Unit, s.Load)}
 }
 
-// restartDecision is what mayRestart decided.
-type restartDecision struct {
-	// restart: Zincati is running, starting or failed, and does not run
-	// the drop-in yet.
-	restart bool
-	// runsDropIn: Zincati is active and started after the drop-in was
-	// written, so it runs it already.
-	runsDropIn bool
-}
-
-// mayRestart reads Zincati's state before a restart. A Zincati that is
+// applyDropIn restarts Zincati so that it runs the drop-in, and reports
+// whether it now does (restartPending is then cleared). A Zincati that is
 // stopped without having failed (an administrator's systemctl stop) is
 // never started: the agent logs it once, records a Node Event, and looks
 // again in a minute; Zincati reads the drop-in whenever it next starts. A
 // failed one is restarted: that is no one's stop, and the new drop-in may
-// be what it lacked.
-func (a *Agent) mayRestart(ctx context.Context, log *slog.Logger, dir string) (restartDecision, error) {
+// be what it lacked. An active one that started after the drop-in was
+// written runs it already, and is left alone.
+func (a *Agent) applyDropIn(ctx context.Context, log *slog.Logger, dir string) (bool, error) {
 	s, err := a.restarter.Unit(ctx, a.cfg.Unit)
 	switch {
 	case err != nil:
-		return restartDecision{}, fmt.Errorf("read %s's state before restarting it: %w", a.cfg.Unit, err)
+		return false, fmt.Errorf("read %s's state before restarting it: %w", a.cfg.Unit, err)
 	case !s.Exists():
-		return restartDecision{}, a.absent(s)
+		return false, a.absent(s)
 	case s.Stopped():
 		msg := fmt.Sprintf("%s is stopped (ActiveState %s, SubState %s), not failed: the agent does not start it; it reads the drop-in when it next starts", a.cfg.Unit, s.Active, s.Sub)
 		if a.note("zincati", "stopped", slog.LevelInfo, msg, "unit", a.cfg.Unit) {
 			a.event(ctx, corev1.EventTypeNormal, ReasonZincatiStopped, msg)
 		}
 		a.queue.AddAfter(key, time.Minute)
-		return restartDecision{}, nil
+		return false, nil
 	}
 	delete(a.noted, "zincati")
-	if s.Active == "active" && s.ActiveEnterKnown && !s.ActiveEnter.IsZero() {
-		if fi, err := os.Stat(filepath.Join(dir, a.cfg.FileName)); err == nil && !s.ActiveEnter.Before(fi.ModTime()) {
-			log.Info("Zincati started after the drop-in was written: it runs it, no restart", "unit", a.cfg.Unit)
-			return restartDecision{runsDropIn: true}, nil
+	fi, statErr := os.Stat(filepath.Join(dir, a.cfg.FileName))
+	if s.Active == "active" && s.ActiveEnterKnown && !s.ActiveEnter.IsZero() && statErr == nil && !s.ActiveEnter.Before(fi.ModTime()) {
+		log.Info("Zincati started after the drop-in was written: it runs it, no restart", "unit", a.cfg.Unit)
+	} else {
+		if err := a.restarter.Restart(ctx, a.cfg.Unit); err != nil {
+			return false, fmt.Errorf("apply the new drop-in: %w", err)
 		}
+		log.Info("restarted Zincati", "unit", a.cfg.Unit)
 	}
-	return restartDecision{restart: true}, nil
+	a.restartPending = false
+	return true, nil
 }
 
 // hostCredential is what credential decided.

@@ -131,15 +131,7 @@ func TestRestartDecision(t *testing.T) {
 			a.restartPending, a.startChecked = tt.pending, tt.pending
 			err := a.checkOwed(context.Background(), a.log, dir)
 			if err == nil && a.restartPending {
-				var d restartDecision
-				if d, err = a.mayRestart(context.Background(), a.log, dir); err == nil {
-					if d.restart {
-						err = a.restarter.Restart(context.Background(), "zincati.service")
-					}
-					if d.restart || d.runsDropIn {
-						a.restartPending = false
-					}
-				}
+				_, err = a.applyDropIn(context.Background(), a.log, dir)
 			}
 			var alone *leaveAlone
 			switch {
