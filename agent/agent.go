@@ -95,6 +95,12 @@ type Agent struct {
 	noted map[string]string
 	// busDown is set during a pass that found no system bus.
 	busDown bool
+	// unwritten is a credential whose hash the agent published but that
+	// no drop-in carries yet (writing it failed): the next pass writes it
+	// instead of making, and publishing, another. Without it, a drop-in
+	// that cannot be written made a new credential on every pass, and each
+	// Node patch woke the next pass at once.
+	unwritten hostCredential
 }
 
 // New returns an Agent.
@@ -249,6 +255,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.unwritten = hostCredential{}
 	log = log.With("changed", changed)
 	if changed {
 		log.Info("wrote the Zincati drop-in", "path", filepath.Join(dir, a.cfg.FileName), "credential", cred.secret != "", "mode", acc.Mode.String())
@@ -434,6 +441,9 @@ func (a *Agent) credential(ctx context.Context, log *slog.Logger, node *corev1.N
 	if file != "" && credential.Hash(file) == current {
 		return hostCredential{secret: file, previous: previous != ""}, nil
 	}
+	if u := a.unwritten; u.secret != "" && credential.Hash(u.secret) == current {
+		return hostCredential{secret: u.secret, previous: previous != "", first: u.first}, nil
+	}
 	first := file == "" && current == "" && previous == ""
 	if first {
 		if why, ok := inCycle(fresh); ok {
@@ -462,7 +472,8 @@ func (a *Agent) credential(ctx context.Context, log *slog.Logger, node *corev1.N
 		return hostCredential{}, fmt.Errorf("publish the credential's hash: %w", err)
 	}
 	log.Info("published a new credential's hash", "rotation", !first, "previous_accepted", len(accepted))
-	return hostCredential{secret: secret, previous: len(accepted) > 0, first: first}, nil
+	a.unwritten = hostCredential{secret: secret, previous: len(accepted) > 0, first: first}
+	return a.unwritten, nil
 }
 
 // inCycle reports whether the node carries a mark of a reboot cycle, and

@@ -113,3 +113,37 @@ func TestCredential(t *testing.T) {
 		})
 	}
 }
+
+// TestUnwrittenCredentialKept: a credential published but not yet written
+// (the drop-in could not be) is the one the next pass writes; the agent
+// does not make and publish another on every failing pass (pure logic:
+// the fake clientset records the patches).
+func TestUnwrittenCredentialKept(t *testing.T) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}}
+	client := fake.NewClientset(node.DeepCopy())
+	a := New(Config{NodeName: "n", FileName: dropin.DefaultName}, client, nil, slog.New(slog.DiscardHandler))
+	dir := t.TempDir() // no drop-in is ever written there
+	var secrets []string
+	for range 3 {
+		cred, err := a.credential(context.Background(), a.log, node, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets = append(secrets, cred.secret)
+		if !cred.first {
+			t.Errorf("pass %d: the host's first credential is no longer first", len(secrets))
+		}
+	}
+	if secrets[0] == "" || secrets[1] != secrets[0] || secrets[2] != secrets[0] {
+		t.Fatalf("the passes gave different credentials: %q", secrets)
+	}
+	patches := 0
+	for _, act := range client.Actions() {
+		if act.GetVerb() == "patch" {
+			patches++
+		}
+	}
+	if patches != 1 {
+		t.Fatalf("%d patches of the Node, want 1", patches)
+	}
+}
