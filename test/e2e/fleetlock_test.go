@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,10 +15,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/rebootmanager/reboot-manager/arbiter/groups"
 	"github.com/rebootmanager/reboot-manager/shared/annotations"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
+	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
 	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/harness"
 )
@@ -209,6 +212,79 @@ func TestDrainGatedOnPDB(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestFinishedPodStillDeletingBlocks: a pod whose containers exited on its
+// eviction (phase Succeeded) but that its kubelet has not yet torn down and
+// deleted still blocks the approval; a completed pod that nothing deletes
+// does not. On kwok nodes evicted pods vanish at once; the real-node
+// journey (test/journey) found the approval this test now refuses. The
+// node here is one no kwok manages, so that the evicted pod stays
+// Terminating, as on a real kubelet while it unmounts the pod's volumes.
+func TestFinishedPodStillDeletingBlocks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := cluster.Client
+	ns := cluster.Namespace(t)
+	name := harness.Prefix(t)
+	machineID := fixtures.RandomID()
+	id, err := zincatiid.FromMachineID(machineID)
+	must(t, err)
+	_, err = c.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	must(t, err)
+	t.Cleanup(func() { fixtures.DeleteNodes(context.Background(), c, name) })
+	now := metav1.Now()
+	status, err := json.Marshal(map[string]any{"status": corev1.NodeStatus{
+		NodeInfo:   corev1.NodeSystemInfo{MachineID: machineID, BootID: fixtures.RandomID(), OSImage: fixtures.OSImage()},
+		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, LastTransitionTime: now, Reason: "KubeletReady"}},
+	}})
+	must(t, err)
+	n, err := c.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, status, metav1.PatchOptions{}, "status")
+	must(t, err)
+	pod := func(name string, phase corev1.PodPhase) {
+		t.Helper()
+		p := fixtures.BarePod(ns, name, n.Name)
+		grace := int64(30) // as a real pod's: the fixtures' 0 deletes at once
+		p.Spec.TerminationGracePeriodSeconds = &grace
+		p, err := c.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+		must(t, err)
+		p.Status.Phase = phase
+		_, err = c.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		must(t, err)
+	}
+	pod("web", corev1.PodRunning)
+	pod("done", corev1.PodSucceeded) // completed, deleted by nothing
+
+	a := startArbiter(t, ns)
+	harness.Eventually(t, 30*time.Second, "the pod evicted", func() error {
+		if err := a.preReboot(id, "default"); err == nil {
+			t.Fatal("approved while the pod runs")
+		}
+		p, err := c.CoreV1().Pods(ns).Get(ctx, "web", metav1.GetOptions{})
+		must(t, err)
+		if p.DeletionTimestamp == nil {
+			return errors.New("web not terminating yet")
+		}
+		// Its containers exited on SIGTERM; the kubelet tears it down.
+		p.Status.Phase = corev1.PodSucceeded
+		_, err = c.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		return err
+	})
+	for range 10 {
+		err := a.preReboot(id, "default")
+		if !fleetlock.IsKind(err, fleetlock.KindDrainInProgress) {
+			t.Fatalf("pre-reboot while a finished pod is still being deleted = %v, want drain_in_progress", err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	zero := int64(0)
+	must(t, c.CoreV1().Pods(ns).Delete(ctx, "web", metav1.DeleteOptions{GracePeriodSeconds: &zero}))
+	harness.Eventually(t, 30*time.Second, "approved once the pod is gone", func() error {
+		return a.preReboot(id, "default")
+	})
+	if _, err := c.CoreV1().Pods(ns).Get(ctx, "done", metav1.GetOptions{}); err != nil {
+		t.Errorf("the completed pod: %v, want it left alone", err)
+	}
 }
 
 // TestAdminCordonPreserved: a node an admin cordoned stays cordoned after
