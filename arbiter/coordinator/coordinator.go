@@ -209,7 +209,7 @@ func New(deps Deps, cfg Config, m *Metrics, log *slog.Logger) *Coordinator {
 // once. A waiter holds nothing while it waits; a waiter whose connection
 // closes leaves the queue.
 func (c *Coordinator) PreReboot(ctx context.Context, p fleetlock.ClientParams) error {
-	log := c.log.With("id", p.ID, "group", p.Group)
+	log := c.requestLog(ctx, p)
 	if err := c.settings.Ready(); err != nil {
 		log.Warn("pre-reboot refused: no valid groups settings", "err", err)
 		return fleetlock.Errorf(fleetlock.KindUnavailable, "no reboot is granted until the groups settings are read: %v", err)
@@ -952,7 +952,7 @@ func (c *Coordinator) WakeAll() {
 // LIST returned it, conditional on its resourceVersion (a conflict reads
 // again).
 func (c *Coordinator) SteadyState(ctx context.Context, p fleetlock.ClientParams) error {
-	log := c.log.With("id", p.ID, "group", p.Group)
+	log := c.requestLog(ctx, p)
 	found, err := c.nodes.Lookup(p.ID)
 	if err != nil {
 		log.Warn("looking up the node failed", "err", err)

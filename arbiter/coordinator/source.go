@@ -2,9 +2,12 @@ package coordinator
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 )
 
 type sourceKey struct{}
@@ -48,4 +51,14 @@ func fromNode(n *corev1.Node, addr netip.Addr, podBridge bool) bool {
 		}
 	}
 	return false
+}
+
+// requestLog is the logger of one request: its id, group and, when the
+// server knows it, the source address it came from (after whatever NAT lay
+// between: behind kube-proxy, often not the host's own).
+func (c *Coordinator) requestLog(ctx context.Context, p fleetlock.ClientParams) *slog.Logger {
+	if src, ok := sourceFrom(ctx); ok {
+		return c.log.With("id", p.ID, "group", p.Group, "source", src.String())
+	}
+	return c.log.With("id", p.ID, "group", p.Group)
 }
