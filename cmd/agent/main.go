@@ -52,6 +52,7 @@ func parse(args []string, lookup func(string) (string, bool)) (config, error) {
 	fs.StringVar(&c.addrType, "address-type", "cluster", "which Service address Zincati uses: cluster (ClusterIP) or external (LoadBalancer/external IP)")
 	fs.BoolVar(&c.agent.Force, "force", false, "manage a host that is not Fedora CoreOS, or whose Zincati is not /usr/libexec/zincati (it must still run a Zincati unit)")
 	fs.StringVar(&c.dbusAddress, "dbus-address", "", "the host's system bus; empty means $DBUS_SYSTEM_BUS_ADDRESS, else unix:path=<host-root>/run/dbus/system_bus_socket")
+	fs.StringVar(&c.agent.BootIDPath, "boot-id-path", "/proc/sys/kernel/random/boot_id", "where this boot's id is read; the kernel's is the same in the pod and on the host")
 	fs.StringVar(&c.journalSocket, "journal-socket", "", "the host journal's socket; empty means <host-root>/run/systemd/journal/socket (stderr when it is absent)")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "remove the drop-in, restart Zincati if it runs, and exit (for uninstalling; see deploy/uninstall)")
 	fs.DurationVar(&c.cleanupWait, "cleanup-wait", 2*time.Minute, "with -cleanup: how long to wait for the system bus before failing")

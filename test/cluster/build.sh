@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # build.sh builds the local control plane (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, kwok) from Go modules and
+# kube-controller-manager, kube-scheduler, kubectl, kwok) and the real nodes' kubelet
+# and kube-proxy from Go modules, and
 # caches the binaries outside the repository, keyed by a hash of the tools
 # module and this script. It prints the bin directory on stdout.
 set -euo pipefail
@@ -46,6 +47,8 @@ CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$bin.t
 	k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager \
 	k8s.io/kubernetes/cmd/kube-scheduler \
+	k8s.io/kubernetes/cmd/kubelet \
+	k8s.io/kubernetes/cmd/kube-proxy \
 	k8s.io/kubernetes/cmd/kubectl \
 	sigs.k8s.io/kwok/cmd/kwok >&2
 mv "$bin.tmp/v3" "$bin.tmp/etcd" 2>/dev/null || mv "$bin.tmp/server" "$bin.tmp/etcd"

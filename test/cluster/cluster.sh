@@ -3,18 +3,27 @@
 # kube-apiserver, kube-controller-manager, kube-scheduler and kwok (simulated
 # nodes), with real PKI and RBAC, built from Go modules by build.sh.
 #
-#   cluster.sh up       start it in the background and wait until it is ready
+#   cluster.sh up [--real-nodes N]
+#                       start it in the background and wait until it is ready;
+#                       with N > 0 ($CLUSTER_REAL_NODES), also N real kubelet
+#                       nodes, real-1 … real-N, and kube-proxy (nodes.sh; root)
 #   cluster.sh down     stop exactly the processes "up" started, remove the state
 #   cluster.sh status   say whether it runs
 #   cluster.sh restart-apiserver [SECONDS]
 #                       stop kube-apiserver, keep it down SECONDS, start it again
 #   cluster.sh start-apiserver
 #                       start kube-apiserver again if it is not running
+#   cluster.sh reboot NODE [SECONDS [VERSION]]
+#                       power a real node off, keep it down SECONDS, boot it
+#                       with a new boot id (into Fedora CoreOS VERSION: an update)
+#   cluster.sh import TARBALL...
+#                       docker-loadable images into every real node's containerd
 #
 # State lives in $CLUSTER_DIR (default: <repo>/.cluster): kubeconfig (admin),
 # env (source it for KUBECONFIG and PATH), pki/, logs/, pids/.
 # Ports: $CLUSTER_PORT_BASE (default 26400) + 43 apiserver, +79/+80 etcd,
-# +57 controller-manager, +59 scheduler, +47 kwok.
+# +57 controller-manager, +59 scheduler, +47 kwok; with real nodes, +61… the
+# kubelets, +56/+49 kube-proxy's health and metrics.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,6 +37,8 @@ kcm_port=$((base + 57))
 sched_port=$((base + 59))
 kwok_port=$((base + 47))
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+# shellcheck source=nodes.sh
+. "$here/nodes.sh"
 
 log() { echo "cluster: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -80,7 +91,7 @@ pki() {
 		fi
 		openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
 	}
-	cert apiserver "/CN=kube-apiserver" "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+	cert apiserver "/CN=kube-apiserver" "IP:127.0.0.1,IP:10.0.0.1,IP:$api_addr,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 	cert admin "/O=system:masters/CN=admin"
 	cert controller-manager "/CN=system:kube-controller-manager"
 	cert scheduler "/CN=system:kube-scheduler"
@@ -123,15 +134,23 @@ kwok_stages() {
 	done
 }
 
-start_apiserver() { # start_apiserver BIN: start kube-apiserver and wait until it is ready
+# start_apiserver BIN: start kube-apiserver and wait until it is ready. With
+# real nodes, it listens on every address and advertises api_addr, which the
+# pods reach and the kubernetes Service's endpoints name.
+start_apiserver() {
 	local bin=$1 pki=$state/pki
+	local net=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
+	if [ "$(real_node_count)" -gt 0 ]; then
+		net=(--bind-address=0.0.0.0 --advertise-address="$api_addr" --endpoint-reconciler-type=lease
+			--kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key"
+			--kubelet-preferred-address-types=InternalIP)
+	fi
 	start kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+		"${net[@]}" --secure-port="$api_port" \
 		--tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" --client-ca-file="$pki/ca.crt" \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-		--service-cluster-ip-range=10.0.0.0/24 --authorization-mode=Node,RBAC --allow-privileged=true \
-		--endpoint-reconciler-type=none
+		--service-cluster-ip-range="$service_cidr" --authorization-mode=Node,RBAC --allow-privileged=true
 	wait_for 60 kube-apiserver curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
 		"https://127.0.0.1:$api_port/readyz"
 }
@@ -152,7 +171,14 @@ restart_apiserver() {
 }
 
 up() {
+	local real=${CLUSTER_REAL_NODES:-0}
+	if [ "${1:-}" = --real-nodes ]; then
+		real=${2:-}
+	fi
+	[[ "$real" =~ ^[0-9]+$ ]] || die "--real-nodes wants a number of nodes, not \"$real\""
 	if ready; then
+		[ "$(real_node_count)" = "$real" ] || [ "$real" = 0 ] ||
+			die "already running with $(real_node_count) real nodes, not $real: cluster.sh down first"
 		log "already running: https://127.0.0.1:$api_port (KUBECONFIG=$state/kubeconfig)"
 		return 0
 	fi
@@ -168,7 +194,17 @@ up() {
 	local t0=$SECONDS
 	mkdir -p "$state/logs" "$state/pids" "$state/etcd"
 	echo '*' >"$state/.gitignore"
+	echo "$real" >"$state/real-nodes"
 	pki
+	if [ "$real" -gt 0 ]; then
+		[ "$(id -u)" = 0 ] || die "real nodes need root (namespaces, links, iptables)"
+		for tool in containerd ctr runc iptables ip6tables unshare /usr/lib/cni/bridge; do
+			command -v "$tool" >/dev/null || die "real nodes need $tool: run test/deps.sh"
+		done
+		nodes_net "$real"
+		guard_up "$real"
+		node_pki "$real"
+	fi
 	kubeconfig admin "$state/kubeconfig"
 	kubeconfig controller-manager "$state/controller-manager.kubeconfig"
 	kubeconfig scheduler "$state/scheduler.kubeconfig"
@@ -184,6 +220,11 @@ up() {
 	local pki=$state/pki
 	start_apiserver "$bin"
 
+	# A real node that stays down longer than this goes NotReady (the
+	# default, 50 s, would make every such test wait a minute).
+	local kcm_real=()
+	[ "$real" -gt 0 ] && kcm_real=(--node-monitor-grace-period=30s)
+
 	start kube-controller-manager "$bin/kube-controller-manager" \
 		--kubeconfig="$state/controller-manager.kubeconfig" \
 		--authentication-kubeconfig="$state/controller-manager.kubeconfig" \
@@ -191,7 +232,7 @@ up() {
 		--bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
 		--use-service-account-credentials=true --service-account-private-key-file="$pki/sa.key" \
 		--root-ca-file="$pki/ca.crt" --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-		--controllers='*'
+		--controllers='*' "${kcm_real[@]}"
 	start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$state/scheduler.kubeconfig" \
 		--authentication-kubeconfig="$state/scheduler.kubeconfig" --authorization-kubeconfig="$state/scheduler.kubeconfig" \
 		--bind-address=127.0.0.1 --secure-port="$sched_port" --leader-elect=false
@@ -208,11 +249,15 @@ ENV
 	# ServiceAccount.
 	wait_for 60 "the default ServiceAccount" "$bin/kubectl" --kubeconfig="$state/kubeconfig" get serviceaccount default -n default
 	for c in "${components[@]}"; do alive "$c" || die "$c exited; see $state/logs/$c.log"; done
+	[ "$real" -gt 0 ] && nodes_up "$real"
 	log "ready in $((SECONDS - t0))s: https://127.0.0.1:$api_port; run: . $state/env"
 }
 
 down() {
 	[ -d "$state/pids" ] || { log "not running"; rm -rf "$state"; return 0; }
+	# Best effort, every step (errexit is off inside a function run with ||):
+	# what one step cannot remove must not keep the rest in place.
+	nodes_down || true
 	local pids=()
 	for f in "$state"/pids/*.pid; do
 		[ -f "$f" ] || continue
@@ -232,10 +277,12 @@ down() {
 }
 
 case "${1:-}" in
-up) up ;;
+up) up "${@:2}" ;;
 down) down ;;
 restart-apiserver) restart_apiserver "${2:-0}" ;;
 start-apiserver) alive kube-apiserver || start_apiserver "$("$here/build.sh")" ;;
+reboot) [ -n "${2:-}" ] || die "usage: $0 reboot NODE [SECONDS [VERSION]]"; reboot_node "$2" "${3:-0}" "${4:-}" ;;
+import) [ $# -gt 1 ] || die "usage: $0 import TARBALL..."; import_images "${@:2}" ;;
 status) if ready; then echo "running: https://127.0.0.1:$api_port"; else echo "not running"; exit 1; fi ;;
-*) echo "usage: $0 up|down|status|restart-apiserver [SECONDS]|start-apiserver" >&2; exit 2 ;;
+*) echo "usage: $0 up [--real-nodes N]|down|status|restart-apiserver [SECONDS]|start-apiserver|reboot NODE [SECONDS [VERSION]]|import TARBALL..." >&2; exit 2 ;;
 esac

@@ -31,19 +31,7 @@ func StartBus(t testing.TB) (string, func()) {
 func StartBusAt(t testing.TB, path string) (string, func()) {
 	t.Helper()
 	conf := filepath.Join(t.TempDir(), "bus.conf")
-	if err := os.WriteFile(conf, []byte(`<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path=`+path+`</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-`), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(BusConfig(path)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("dbus-daemon", "--config-file="+conf, "--nofork", "--print-address=1")
@@ -63,6 +51,24 @@ func StartBusAt(t testing.TB, path string) (string, func()) {
 	return strings.TrimSpace(addr), kill
 }
 
+// BusConfig is a dbus-daemon configuration for a private bus listening on
+// the socket path, open to every user.
+func BusConfig(socket string) string {
+	return `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>unix:path=` + socket + `</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+`
+}
+
 // Manager owns org.freedesktop.systemd1 and answers RestartUnit with a job
 // whose JobRemoved result is the unit's in its results ("hang" never ends
 // it; a unit without one is NoSuchUnit).
@@ -77,6 +83,8 @@ type Manager struct {
 	props map[string]map[string]any
 	// systemState is the manager's SystemState.
 	systemState string
+	// restartStarts: a done restart makes the unit active (RestartStartsUnits).
+	restartStarts bool
 }
 
 // Job is the (uo) value of a unit's Job property; ID 0 is no job.
@@ -111,19 +119,37 @@ func (m *Manager) SetSystemState(s string) {
 // Start puts a Manager on the bus at addr until the test ends.
 func Start(t testing.TB, addr string, results map[string]string) *Manager {
 	t.Helper()
-	conn, err := dbus.Connect(addr)
+	m, err := Serve(addr, results)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(m.Close)
+	return m
+}
+
+// Serve puts a Manager on the bus at addr until Close: results maps each
+// restartable unit to its jobs' result ("done", "failed", "hang", …).
+func Serve(addr string, results map[string]string) (*Manager, error) {
+	conn, err := dbus.Connect(addr)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the bus %s: %w", addr, err)
+	}
 	m := &Manager{conn: conn, results: results, props: map[string]map[string]any{}, systemState: "running"}
-	if err := conn.Export(m, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager"); err != nil {
-		t.Fatal(err)
+	if err := m.export(); err != nil {
+		conn.Close()
+		return nil, err
 	}
-	if err := conn.Export(managerProps{m}, "/org/freedesktop/systemd1", "org.freedesktop.DBus.Properties"); err != nil {
-		t.Fatal(err)
+	return m, nil
+}
+
+func (m *Manager) export() error {
+	if err := m.conn.Export(m, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager"); err != nil {
+		return fmt.Errorf("export the manager: %w", err)
 	}
-	for unit := range results {
+	if err := m.conn.Export(managerProps{m}, "/org/freedesktop/systemd1", "org.freedesktop.DBus.Properties"); err != nil {
+		return fmt.Errorf("export the manager's properties: %w", err)
+	}
+	for unit := range m.results {
 		m.props[unit] = map[string]any{"ActiveState": "failed", "SubState": "failed"}
 	}
 	for _, unit := range []string{"boot-complete.target"} {
@@ -133,15 +159,27 @@ func Start(t testing.TB, addr string, results map[string]string) *Manager {
 	}
 	for unit := range m.props {
 		path := dbus.ObjectPath("/org/freedesktop/systemd1/unit/" + escape(unit))
-		if err := conn.Export(unitProps{m, unit}, path, "org.freedesktop.DBus.Properties"); err != nil {
-			t.Fatal(err)
+		if err := m.conn.Export(unitProps{m, unit}, path, "org.freedesktop.DBus.Properties"); err != nil {
+			return fmt.Errorf("export %s: %w", unit, err)
 		}
 	}
-	reply, err := conn.RequestName("org.freedesktop.systemd1", dbus.NameFlagDoNotQueue)
+	reply, err := m.conn.RequestName("org.freedesktop.systemd1", dbus.NameFlagDoNotQueue)
 	if err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
-		t.Fatalf("own org.freedesktop.systemd1: %v %v", reply, err)
+		return fmt.Errorf("own org.freedesktop.systemd1: %v %v", reply, err)
 	}
-	return m
+	return nil
+}
+
+// Close leaves the bus.
+func (m *Manager) Close() { m.conn.Close() }
+
+// RestartStartsUnits makes a restart whose job is "done" leave the unit
+// active (running), entered now, as systemd's does; without it a unit keeps
+// the properties it was given.
+func (m *Manager) RestartStartsUnits() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.restartStarts = true
 }
 
 // Restarts lists the restarts asked for, as "unit mode".
@@ -162,6 +200,15 @@ func (m *Manager) RestartUnit(name, mode string) (dbus.ObjectPath, *dbus.Error) 
 	m.jobs++
 	id := m.jobs
 	m.restarts = append(m.restarts, name+" "+mode)
+	if m.restartStarts && result == "done" {
+		props := map[string]any{}
+		for k, v := range m.props[name] {
+			props[k] = v
+		}
+		props["ActiveState"], props["SubState"] = "active", "running"
+		props["ActiveEnterTimestamp"] = uint64(time.Now().UnixMicro())
+		m.props[name] = props
+	}
 	job := dbus.ObjectPath(fmt.Sprintf("/org/freedesktop/systemd1/job/%d", id))
 	if result != "hang" {
 		go func() {

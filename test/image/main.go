@@ -5,6 +5,7 @@
 //	go -C test/image run . build -bin DIR -out DIR -version V -revision R [-created T] [-source URL] [-platforms linux/amd64,linux/arm64]
 //	go -C test/image run . push -images DIR -registry REGISTRY -version V
 //	go -C test/image run . overlay -deploy DIR -out DIR [-registry REGISTRY] -version V
+//	go -C test/image run . single -binary FILE -tag NAME:TAG -out FILE.tar
 //
 // build reads the static binaries DIR/linux_<arch>/{arbiter,agent} and
 // writes, per program, an OCI layout with its multi-arch index
@@ -12,7 +13,9 @@
 // its linux/amd64 image (OUT/<program>-linux-amd64.tar, tagged
 // reboot-manager/<program>:V). push sends those indexes to
 // REGISTRY/<program>:V with the Docker config's credentials. overlay writes
-// a kustomization that renders deploy/ with those image names.
+// a kustomization that renders deploy/ with those image names. single
+// builds a docker-loadable image of one static binary for this machine, the
+// real-node plane's pause image (test/cluster).
 package main
 
 import (
@@ -44,6 +47,7 @@ const usage = `usage:
   image build -bin DIR -out DIR -version V -revision R [-created RFC3339] [-source URL] [-platforms linux/amd64,linux/arm64]
   image push -images DIR -registry REGISTRY -version V
   image overlay -deploy DIR -out DIR [-registry REGISTRY] -version V
+  image single -binary FILE -tag NAME:TAG -out FILE.tar
 `
 
 // run runs the command line args and returns the exit status: 0, 1 when
@@ -62,11 +66,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runPush(ctx, log, args[1:], stdout, stderr)
 	case "overlay":
 		err = runOverlay(args[1:], stdout, stderr)
+	case "single":
+		err = runSingle(ctx, log, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		err = usageError{fmt.Errorf("unknown command %q (build, push or overlay)", args[0])}
+		err = usageError{fmt.Errorf("unknown command %q (build, push, overlay or single)", args[0])}
 	}
 	var ue usageError
 	switch {
