@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build binaries images push manifests test deps unit tools-test e2e vet fmt-check run cluster-up cluster-down bench bench-quick soak fuzz clean
+.PHONY: all build binaries images push manifests test deps unit tools-test e2e journey vet fmt-check run cluster-up cluster-down bench bench-quick soak fuzz clean
 
 ## The images' version (their tag), revision and date: `git describe`, the
 ## commit and its time unless given. Expanded once, so `make push` builds and
@@ -71,7 +71,7 @@ manifests:
 ## test: gofmt check, go vet, the static builds the Dockerfiles run, unit tests, the image builder's tests (both
 ## images built and run in containerd), and the end-to-end tier against the local plane (started when needed; a
 ## plane that cannot start fails).
-test: deps fmt-check vet build unit tools-test e2e
+test: deps fmt-check vet build unit tools-test e2e journey
 
 deps:
 	test/deps.sh
@@ -94,8 +94,14 @@ tools-test: binaries
 ## e2e: the end-to-end tier, then the monitoring component's tests (test/tools, a module of its own for
 ## Prometheus, kustomize and the operator's CRDs), both against the local plane.
 e2e: cluster-up
-	$(GO) test -count=1 -timeout 30m ./test/...
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./test/... | grep -v /test/journey)
 	cd test/tools && $(GO) vet ./... && $(GO) test -count=1 -timeout 20m ./...
+
+## journey: the whole user journey on real kubelet nodes (test/journey), on a plane of its own with two real
+## nodes (.cluster-journey, ports 26500+), started and torn down by the test, which then checks that nothing of
+## it is left on the machine. Needs root.
+journey:
+	$(GO) test -count=1 -timeout 20m -v ./test/journey/
 
 ## bench: the benchmarks against the local plane (P1 check-in cost, P2
 ## rollout makespan, P3 drain time, P4 memory; numbers for closing notes);
@@ -106,8 +112,11 @@ bench: cluster-up
 bench-quick: cluster-up
 	BENCH_NODES=1000 BENCH_PODS=5000 BENCH_DRAIN_PODS=30 BENCH_ROLLOUT_HOSTS=6 BENCH_P5_HOSTS=200 BENCH_P5_ROUNDS=2 $(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 10m ./test/e2e/
 
+## REAL_NODES: real kubelet nodes for `make run` and `make cluster-up` (root), beside the kwok ones.
+REAL_NODES ?= 0
+
 cluster-up:
-	test/cluster/cluster.sh up
+	test/cluster/cluster.sh up --real-nodes $(REAL_NODES)
 
 cluster-down:
 	test/cluster/cluster.sh down
@@ -115,7 +124,7 @@ cluster-down:
 ## run: the local plane with simulated nodes and workloads, and the arbiter
 ## serving FleetLock on 127.0.0.1:8080, until Ctrl-C.
 run: deps build cluster-up
-	test/run.sh
+	CLUSTER_REAL_NODES=$(REAL_NODES) test/run.sh
 
 ## soak: the hardening runs at full length against the local plane: R1 (250
 ## rounds of pre-reboot storms on 3 replicas), R2 (50 trials, 100 SIGKILLs), R3 (the API

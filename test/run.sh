@@ -22,7 +22,7 @@ trap stop EXIT
 trap 'exit 0' INT TERM
 
 kubeconfig=${CLUSTER_DIR:-.cluster}/kubeconfig
-go run ./test/seed -kubeconfig "$kubeconfig" -url "http://$addr/"
+go run ./test/seed -kubeconfig "$kubeconfig" -url "http://$addr/" -real-nodes "${CLUSTER_REAL_NODES:-0}"
 # Plain polling by default, so repeated curls show the drain (423, then 200).
 # The simulated nodes run no agent, so they have no credential: the arbiter
 # serves them unprotected, which the curls rely on.

@@ -1,7 +1,9 @@
 // Command seed fills the local control plane for `make run`: a few kwok
 // nodes with known machine ids, a Deployment guarded by a
-// PodDisruptionBudget, a DaemonSet, and the arbiter's namespace. It prints
-// the curl commands that drive FleetLock by hand for the first node.
+// PodDisruptionBudget, a DaemonSet, and the arbiter's namespace; with
+// -real-nodes, also pods on the real kubelet nodes that stop slowly. It
+// prints the curl commands that drive FleetLock by hand for the first node
+// of each kind.
 package main
 
 import (
@@ -11,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,8 +28,13 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", ".cluster/kubeconfig", "admin kubeconfig of the local plane")
 	nodes := flag.Int("nodes", 4, "simulated nodes to create")
 	url := flag.String("url", "http://127.0.0.1:8080/", "the arbiter's base URL, for the printed commands")
+	real := flag.Int("real-nodes", 0, "real kubelet nodes the plane runs (real-1…), to put slow pods on")
 	flag.Parse()
 	if err := run(*kubeconfig, *nodes, *url); err != nil {
+		fmt.Fprintln(os.Stderr, "seed:", err)
+		os.Exit(1)
+	}
+	if err := runReal(*kubeconfig, *real, *url); err != nil {
 		fmt.Fprintln(os.Stderr, "seed:", err)
 		os.Exit(1)
 	}
@@ -113,5 +121,63 @@ Without the reboot, kubelet still renews its Lease on the old boot: released wit
   curl -sS -H 'fleet-lock-protocol: true' -d '%s' %sv1/steady-state; echo
 
 `, count, 2*count, 2*count-1, first, id, body, url, body, url)
+	return nil
+}
+
+// runReal puts a Deployment of pods that take 8 s to stop (grace period
+// 20 s) on the real nodes, and prints how to drain and reboot real-1.
+func runReal(kubeconfig string, count int, url string) error {
+	if count == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load %s: %w", kubeconfig, err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	replicas, grace := int32(2*count), int64(20)
+	labels := map[string]string{"app": "slow"}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "slow", Namespace: "demo"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					NodeSelector:                  map[string]string{"rebootmanager.test/runtime": "real"},
+					TerminationGracePeriodSeconds: &grace,
+					Containers: []corev1.Container{{Name: "slow", Image: "reboot-manager/pause:test",
+						ImagePullPolicy: corev1.PullNever, Args: []string{"-term-delay=8s"}}},
+				},
+			},
+		},
+	}
+	if _, err := c.AppsV1().Deployments("demo").Create(ctx, dep, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create demo/slow: %w", err)
+	}
+	n, err := c.CoreV1().Nodes().Get(ctx, "real-1", metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read the real node real-1: %w", err)
+	}
+	id, err := zincatiid.FromMachineID(n.Status.NodeInfo.MachineID)
+	if err != nil {
+		return fmt.Errorf("real-1's machine id: %w", err)
+	}
+	body := fmt.Sprintf(`{"client_params":{"id":"%s","group":"default"}}`, id)
+	fmt.Printf(`%d real kubelet nodes (real-1…) run demo/slow (%d pods that take 8 s to stop after SIGTERM).
+Ask to reboot real-1 (Zincati id %s), and watch its pods terminate for real:
+  curl -sS -H 'fleet-lock-protocol: true' -d '%s' %sv1/pre-reboot; echo
+  kubectl get pods -n demo -o wide -l app=slow -w
+Reboot it (5 s down, into a new Fedora CoreOS version), then report it back up:
+  test/cluster/cluster.sh reboot real-1 5 42.$(date +%%Y%%m%%d).1.0
+  curl -sS -H 'fleet-lock-protocol: true' -d '%s' %sv1/steady-state; echo
+
+`, count, replicas, id, body, url, body, url)
 	return nil
 }
