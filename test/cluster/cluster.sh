@@ -16,6 +16,8 @@
 #   cluster.sh reboot NODE [SECONDS [VERSION]]
 #                       power a real node off, keep it down SECONDS, boot it
 #                       with a new boot id (into Fedora CoreOS VERSION: an update)
+#   cluster.sh exec NODE CMD...
+#                       run CMD in a real node's mount namespace
 #   cluster.sh import TARBALL...
 #                       docker-loadable images into every real node's containerd
 #
@@ -282,7 +284,8 @@ down) down ;;
 restart-apiserver) restart_apiserver "${2:-0}" ;;
 start-apiserver) alive kube-apiserver || start_apiserver "$("$here/build.sh")" ;;
 reboot) [ -n "${2:-}" ] || die "usage: $0 reboot NODE [SECONDS [VERSION]]"; reboot_node "$2" "${3:-0}" "${4:-}" ;;
+exec) [ $# -gt 2 ] || die "usage: $0 exec NODE CMD..."; exec_node "${@:2}" ;;
 import) [ $# -gt 1 ] || die "usage: $0 import TARBALL..."; import_images "${@:2}" ;;
 status) if ready; then echo "running: https://127.0.0.1:$api_port"; else echo "not running"; exit 1; fi ;;
-*) echo "usage: $0 up [--real-nodes N]|down|status|restart-apiserver [SECONDS]|start-apiserver|reboot NODE [SECONDS [VERSION]]|import TARBALL..." >&2; exit 2 ;;
+*) echo "usage: $0 up [--real-nodes N]|down|status|restart-apiserver [SECONDS]|start-apiserver|reboot NODE [SECONDS [VERSION]]|exec NODE CMD...|import TARBALL..." >&2; exit 2 ;;
 esac

@@ -283,6 +283,18 @@ reboot_node() {
 	log "$name booting${version:+ Fedora CoreOS $version}, boot id $(cat "$(node_dir "$i")/boot_id")"
 }
 
+# exec_node NAME CMD...: run CMD on the node, in its mount namespace (as
+# its host sees files: through the overlays, never under them).
+exec_node() {
+	local pid init
+	pid=$(node_pid "$1")
+	[ -n "$pid" ] || die "no running real node $1"
+	init=$(pgrep -P "$pid" | head -n 1)
+	[ -n "$init" ] || die "node $1 has no init"
+	shift
+	nsenter --target "$init" --mount -- "$@"
+}
+
 # import TARBALL...: docker-loadable images, into every real node's
 # containerd now and at its every boot.
 import_images() {

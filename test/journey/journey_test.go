@@ -28,6 +28,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/shared/credential"
 	"github.com/rebootmanager/reboot-manager/shared/fleetlock"
 	"github.com/rebootmanager/reboot-manager/shared/zincatiid"
+	"github.com/rebootmanager/reboot-manager/test/fixtures"
 	"github.com/rebootmanager/reboot-manager/test/harness"
 )
 
@@ -136,9 +137,13 @@ func apply(t *testing.T) {
 		}
 		// What deploy/uninstall's Job does on each host: the next journey
 		// starts on hosts that never ran the agent.
+		// Inside the node's mount namespace: under a mounted overlay, a
+		// change to its upper directory is not seen.
 		for _, n := range []string{nodeA, nodeB} {
-			if err := os.Remove(dropIn(n)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				t.Error(err)
+			cmd := exec.Command(filepath.Join(cluster.Root, "test/cluster/cluster.sh"), "exec", n,
+				"rm", "-f", "/etc/zincati/config.d/55-reboot-manager.toml")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("remove %s's drop-in: %v\n%s", n, err, out)
 			}
 		}
 	})
@@ -278,8 +283,8 @@ func deployWorkloads(t *testing.T, ctx context.Context) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	for _, d := range []*appsv1.Deployment{
-		deployment("guarded", 2, 1, 0),
-		deployment("slow", 1, 20, slowStop),
+		fixtures.RealDeployment(workloads, "guarded", 2, 1, 0),
+		fixtures.RealDeployment(workloads, "slow", 1, 20, slowStop),
 	} {
 		if _, err := c.AppsV1().Deployments(workloads).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -292,28 +297,6 @@ func deployWorkloads(t *testing.T, ctx context.Context) {
 	}
 	if out, err := cluster.Kubectl("uncordon", nodeB); err != nil {
 		t.Fatalf("%v\n%s", err, out)
-	}
-}
-
-func deployment(name string, replicas int32, grace int64, stop time.Duration) *appsv1.Deployment {
-	labels := map[string]string{"app": name}
-	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					NodeSelector:                  map[string]string{"rebootmanager.test/runtime": "real"},
-					TerminationGracePeriodSeconds: &grace,
-					Containers: []corev1.Container{{
-						Name: name, Image: "reboot-manager/pause:test", ImagePullPolicy: corev1.PullNever,
-						Args: []string{"-term-delay=" + stop.String()},
-					}},
-				},
-			},
-		},
 	}
 }
 
@@ -546,20 +529,12 @@ func TestRebootLongerThanGrace(t *testing.T) {
 	ctx := context.Background()
 	c := cluster.Client
 	ns := cluster.Namespace(t)
-	labels := map[string]string{"app": "everywhere"}
-	grace := int64(1)
+	pod := fixtures.RealPod("everywhere", 1, 0)
 	ds := &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "everywhere"},
 		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					NodeSelector:                  map[string]string{"rebootmanager.test/runtime": "real"},
-					TerminationGracePeriodSeconds: &grace,
-					Containers:                    []corev1.Container{{Name: "p", Image: "reboot-manager/pause:test", ImagePullPolicy: corev1.PullNever}},
-				},
-			},
+			Selector: &metav1.LabelSelector{MatchLabels: pod.Labels},
+			Template: pod,
 		},
 	}
 	if _, err := c.AppsV1().DaemonSets(ns).Create(ctx, ds, metav1.CreateOptions{}); err != nil {

@@ -13,7 +13,6 @@ import (
 	"os"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,19 +29,17 @@ func main() {
 	url := flag.String("url", "http://127.0.0.1:8080/", "the arbiter's base URL, for the printed commands")
 	real := flag.Int("real-nodes", 0, "real kubelet nodes the plane runs (real-1…), to put slow pods on")
 	flag.Parse()
-	if err := run(*kubeconfig, *nodes, *url); err != nil {
-		fmt.Fprintln(os.Stderr, "seed:", err)
-		os.Exit(1)
-	}
-	if err := runReal(*kubeconfig, *real, *url); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	err := seed(ctx, *kubeconfig, *nodes, *real, *url)
+	cancel()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "seed:", err)
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig string, count int, url string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+func seed(ctx context.Context, kubeconfig string, nodes, real int, url string) error {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return fmt.Errorf("load %s: %w", kubeconfig, err)
@@ -51,6 +48,13 @@ func run(kubeconfig string, count int, url string) error {
 	if err != nil {
 		return err
 	}
+	if err := run(ctx, c, nodes, url); err != nil {
+		return err
+	}
+	return runReal(ctx, c, real, url)
+}
+
+func run(ctx context.Context, c kubernetes.Interface, count int, url string) error {
 	for _, ns := range []string{"reboot-manager", "demo"} {
 		_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
@@ -126,38 +130,12 @@ Without the reboot, kubelet still renews its Lease on the old boot: released wit
 
 // runReal puts a Deployment of pods that take 8 s to stop (grace period
 // 20 s) on the real nodes, and prints how to drain and reboot real-1.
-func runReal(kubeconfig string, count int, url string) error {
+func runReal(ctx context.Context, c kubernetes.Interface, count int, url string) error {
 	if count == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return fmt.Errorf("load %s: %w", kubeconfig, err)
-	}
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	replicas, grace := int32(2*count), int64(20)
-	labels := map[string]string{"app": "slow"}
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "slow", Namespace: "demo"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					NodeSelector:                  map[string]string{"rebootmanager.test/runtime": "real"},
-					TerminationGracePeriodSeconds: &grace,
-					Containers: []corev1.Container{{Name: "slow", Image: "reboot-manager/pause:test",
-						ImagePullPolicy: corev1.PullNever, Args: []string{"-term-delay=8s"}}},
-				},
-			},
-		},
-	}
+	replicas := int32(2 * count)
+	dep := fixtures.RealDeployment("demo", "slow", replicas, 20, 8*time.Second)
 	if _, err := c.AppsV1().Deployments("demo").Create(ctx, dep, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create demo/slow: %w", err)
 	}
