@@ -13,6 +13,9 @@
 #                       stop kube-apiserver, keep it down SECONDS, start it again
 #   cluster.sh start-apiserver
 #                       start kube-apiserver again if it is not running
+#   cluster.sh restart-controllers
+#                       restart kube-controller-manager, kube-scheduler and kwok
+#                       (after an API server outage test, for the next test)
 #   cluster.sh reboot NODE [SECONDS [VERSION]]
 #                       power a real node off, keep it down SECONDS, boot it
 #                       with a new boot id (into Fedora CoreOS VERSION: an update)
@@ -157,6 +160,57 @@ start_apiserver() {
 		"https://127.0.0.1:$api_port/readyz"
 }
 
+# start_controllers BIN: start kube-controller-manager and kube-scheduler.
+start_controllers() {
+	local bin=$1 pki=$state/pki
+	# A real node that stays down longer than this goes NotReady (the
+	# default, 50 s, would make every such test wait a minute).
+	local kcm_real=()
+	if [ "$(real_node_count)" -gt 0 ]; then kcm_real=(--node-monitor-grace-period=30s); fi
+	start kube-controller-manager "$bin/kube-controller-manager" \
+		--kubeconfig="$state/controller-manager.kubeconfig" \
+		--authentication-kubeconfig="$state/controller-manager.kubeconfig" \
+		--authorization-kubeconfig="$state/controller-manager.kubeconfig" \
+		--bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
+		--use-service-account-credentials=true --service-account-private-key-file="$pki/sa.key" \
+		--root-ca-file="$pki/ca.crt" --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
+		--controllers='*' "${kcm_real[@]}"
+	start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$state/scheduler.kubeconfig" \
+		--authentication-kubeconfig="$state/scheduler.kubeconfig" --authorization-kubeconfig="$state/scheduler.kubeconfig" \
+		--bind-address=127.0.0.1 --secure-port="$sched_port" --leader-elect=false
+}
+
+# start_kwok BIN: start kwok, which runs the simulated nodes.
+start_kwok() {
+	start kwok "$1/kwok" --kubeconfig="$state/kwok.kubeconfig" --config="$state/kwok-stages.yaml" \
+		--manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+		--node-ip=127.0.0.1 --cidr=10.244.0.0/16 --node-lease-duration-seconds=40 \
+		--server-address="127.0.0.1:$kwok_port"
+}
+
+# restart_controllers BIN: the controller manager, the scheduler and kwok start
+# again, after an API server outage test has measured what it measures.
+# They are not under test, and their informers, backed off by the refusals
+# (and by the 403s of an API server whose RBAC had not synced yet), once
+# took over a minute to make a new namespace's default ServiceAccount: the
+# next test failed waiting for it. Restarted with the API server, they
+# slowed the arbiter's recovery (0.3-1.7 s became 4-8 s).
+restart_controllers() {
+	local bin=$1 c pid
+	for c in kube-controller-manager kube-scheduler kwok; do
+		alive "$c" || continue
+		pid=$(cat "$state/pids/$c.pid")
+		kill "$pid" 2>/dev/null || true
+		local deadline=$((SECONDS + 10))
+		while kill -0 "$pid" 2>/dev/null; do
+			if [ $SECONDS -ge $deadline ]; then kill -9 "$pid" 2>/dev/null || true; fi
+			sleep 0.1
+		done
+	done
+	start_controllers "$bin"
+	start_kwok "$bin"
+}
+
 # restart_apiserver SECONDS: stop kube-apiserver, keep it down SECONDS, start
 # it again with the same flags (for the tests of an API server outage).
 restart_apiserver() {
@@ -222,26 +276,8 @@ up() {
 	local pki=$state/pki
 	start_apiserver "$bin"
 
-	# A real node that stays down longer than this goes NotReady (the
-	# default, 50 s, would make every such test wait a minute).
-	local kcm_real=()
-	[ "$real" -gt 0 ] && kcm_real=(--node-monitor-grace-period=30s)
-
-	start kube-controller-manager "$bin/kube-controller-manager" \
-		--kubeconfig="$state/controller-manager.kubeconfig" \
-		--authentication-kubeconfig="$state/controller-manager.kubeconfig" \
-		--authorization-kubeconfig="$state/controller-manager.kubeconfig" \
-		--bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
-		--use-service-account-credentials=true --service-account-private-key-file="$pki/sa.key" \
-		--root-ca-file="$pki/ca.crt" --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-		--controllers='*' "${kcm_real[@]}"
-	start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$state/scheduler.kubeconfig" \
-		--authentication-kubeconfig="$state/scheduler.kubeconfig" --authorization-kubeconfig="$state/scheduler.kubeconfig" \
-		--bind-address=127.0.0.1 --secure-port="$sched_port" --leader-elect=false
-	start kwok "$bin/kwok" --kubeconfig="$state/kwok.kubeconfig" --config="$state/kwok-stages.yaml" \
-		--manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-		--node-ip=127.0.0.1 --cidr=10.244.0.0/16 --node-lease-duration-seconds=40 \
-		--server-address="127.0.0.1:$kwok_port"
+	start_controllers "$bin"
+	start_kwok "$bin"
 
 	cat >"$state/env" <<ENV
 export KUBECONFIG=$state/kubeconfig
@@ -283,9 +319,10 @@ up) up "${@:2}" ;;
 down) down ;;
 restart-apiserver) restart_apiserver "${2:-0}" ;;
 start-apiserver) alive kube-apiserver || start_apiserver "$("$here/build.sh")" ;;
+restart-controllers) ready || die "not running"; restart_controllers "$("$here/build.sh")" ;;
 reboot) [ -n "${2:-}" ] || die "usage: $0 reboot NODE [SECONDS [VERSION]]"; reboot_node "$2" "${3:-0}" "${4:-}" ;;
 exec) [ $# -gt 2 ] || die "usage: $0 exec NODE CMD..."; exec_node "${@:2}" ;;
 import) [ $# -gt 1 ] || die "usage: $0 import TARBALL..."; import_images "${@:2}" ;;
 status) if ready; then echo "running: https://127.0.0.1:$api_port"; else echo "not running"; exit 1; fi ;;
-*) echo "usage: $0 up [--real-nodes N]|down|status|restart-apiserver [SECONDS]|start-apiserver|reboot NODE [SECONDS [VERSION]]|exec NODE CMD...|import TARBALL..." >&2; exit 2 ;;
+*) echo "usage: $0 up [--real-nodes N]|down|status|restart-apiserver [SECONDS]|start-apiserver|restart-controllers|reboot NODE [SECONDS [VERSION]]|exec NODE CMD...|import TARBALL..." >&2; exit 2 ;;
 esac

@@ -156,6 +156,7 @@ func TestLeadershipFlap(t *testing.T) {
 	must(t, err)
 	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
 	must(t, err)
+	restartControllersAfter(t)
 	must(t, syscall.Kill(pid, syscall.SIGSTOP))
 	resumed := false
 	resume := func() {

@@ -110,6 +110,7 @@ func TestAPIServerOutage(t *testing.T) {
 		return nil
 	})
 	killed := time.Now()
+	restartControllersAfter(t)
 	t.Cleanup(func() {
 		_ = exec.Command(filepath.Join(cluster.Root, "test/cluster/cluster.sh"), "start-apiserver").Run()
 	})
@@ -175,5 +176,18 @@ func TestAPIServerOutage(t *testing.T) {
 			return fmt.Errorf("slots still held after every node rebooted and reported steady-state: %+v", h)
 		}
 		return nil
+	})
+}
+
+// restartControllersAfter restarts the plane's controller manager,
+// scheduler and kwok when the test ends (after its own cleanups registered
+// later, such as the API server's start): backed off by an outage, their
+// informers once took over a minute to make the next test's default
+// ServiceAccount, or its node Ready.
+func restartControllersAfter(t *testing.T) {
+	t.Cleanup(func() {
+		if out, err := exec.Command(filepath.Join(cluster.Root, "test/cluster/cluster.sh"), "restart-controllers").CombinedOutput(); err != nil {
+			t.Errorf("restart the controllers: %v\n%s", err, out)
+		}
 	})
 }
