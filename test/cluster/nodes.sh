@@ -45,7 +45,9 @@ record() { # record KIND VALUE: remember something made, for nodes_down
 # guard_up installs the egress guard, before anything of the plane runs: a
 # packet for the Service CIDR or any pod or node CIDR in use is rejected,
 # in OUTPUT and FORWARD, unless it is for this machine (a local address, or
-# a node's pod subnet, whose bridge nodes_net made). A ClusterIP that
+# a node's pod subnet, whose bridge nodes_net made); and dropped in mangle
+# POSTROUTING, whatever filter rule let it through, when it leaves by a
+# device that is not the plane's. A ClusterIP that
 # kube-proxy has not rewritten then fails here, at once, instead of leaving
 # through the uplink for whatever answers it outside.
 #
@@ -67,6 +69,20 @@ guard_up() {
 	done
 	iptables -w -I OUTPUT 1 -j "$guard_chain"
 	iptables -w -I FORWARD 1 -j "$guard_chain"
+	# The backstop, after every filter rule: kube-proxy later puts its own
+	# jumps above the guard, and its KUBE-FORWARD accepts the packets it
+	# marked for masquerade (a pod's, to a NodePort whose endpoint is a
+	# kwok pod, say). In mangle POSTROUTING the device is the one the packet
+	# really leaves by: anything for these CIDRs that leaves by neither
+	# loopback nor one of the plane's links is dropped.
+	iptables -w -t mangle -N "$guard_chain"
+	record chains "iptables mangle $guard_chain"
+	iptables -w -t mangle -A "$guard_chain" -o lo -j RETURN
+	iptables -w -t mangle -A "$guard_chain" -o "rm$plane-+" -j RETURN
+	for cidr in "$service_cidr" "$cluster_cidr" "$kwok_cidr" "$node_net.0/24"; do
+		iptables -w -t mangle -A "$guard_chain" -d "$cidr" -j DROP
+	done
+	iptables -w -t mangle -I POSTROUTING 1 -j "$guard_chain"
 	# Checked before anything else starts: no kube-proxy rules exist yet,
 	# so a ClusterIP must be refused here and now.
 	local t0=$SECONDS rc=0

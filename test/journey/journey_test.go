@@ -520,6 +520,17 @@ func TestEgressGuard(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("refused after %s, not at once", d)
 	}
+	// The backstop sees every packet before anything else in mangle
+	// POSTROUTING, with the device it really leaves by, while the plane
+	// (kube-proxy and kubelet included) runs.
+	out, err := exec.Command("iptables", "-w", "-t", "mangle", "-S", "POSTROUTING").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(rules) < 2 || !regexp.MustCompile(`^-A POSTROUTING -j RM\d+-EGRESS$`).MatchString(rules[1]) {
+		t.Fatalf("the egress backstop is not the first rule of mangle POSTROUTING:\n%s", out)
+	}
 }
 
 // TestRebootLongerThanGrace: a node down longer than the node monitor's
