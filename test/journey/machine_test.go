@@ -38,21 +38,11 @@ func readMachine(state string) ([]string, error) {
 			out = append(out, "link "+name)
 		}
 	}
-	for _, save := range []string{"iptables-save", "ip6tables-save"} {
-		rules, err := exec.Command(save).Output()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", save, err)
-		}
-		table := ""
-		for _, l := range strings.Split(string(rules), "\n") {
-			switch {
-			case strings.HasPrefix(l, "*"):
-				table = l[1:]
-			case strings.HasPrefix(l, ":"), strings.HasPrefix(l, "-A "):
-				out = append(out, save+" "+table+" "+counters.ReplaceAllString(l, ""))
-			}
-		}
+	rules, err := readNetfilter("")
+	if err != nil {
+		return nil, err
 	}
+	out = append(out, rules...)
 	mounts, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
@@ -96,6 +86,63 @@ func readMachine(state string) ([]string, error) {
 	return slices.Compact(out), nil
 }
 
+// readNetfilter lists the iptables and ip6tables chains and rules of the
+// network namespace ns ("" for the machine's own), one line each, as
+// netfilterLines reads them.
+func readNetfilter(ns string) ([]string, error) {
+	var out []string
+	for _, save := range []string{"iptables-save", "ip6tables-save"} {
+		cmd := exec.Command(save)
+		if ns != "" {
+			cmd = exec.Command("ip", "netns", "exec", ns, save)
+		}
+		dump, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", save, err)
+		}
+		out = append(out, netfilterLines(save, dump)...)
+	}
+	return out, nil
+}
+
+// netfilterLines reads the dump of save (iptables-save or ip6tables-save):
+// a line for each chain (with its policy) and each rule, prefixed with the
+// command and the table, without counters. A table that holds only
+// built-in chains at the default policy ACCEPT and no rule is left out: it
+// is the same as no table. On a machine that never used iptables the
+// nf_tables backend has no tables at all, and the first use creates them
+// with those chains, which nothing needs to remove. Anything else in a
+// table (a rule, a chain of its own, a changed policy) keeps the whole
+// table in the reading.
+func netfilterLines(save string, dump []byte) []string {
+	var out, table []string
+	name, fresh := "", true
+	for _, l := range strings.Split(string(dump), "\n") {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			name, fresh, table = l[1:], true, nil
+		case strings.HasPrefix(l, ":"):
+			// ":CHAIN POLICY [counters]"; a chain of one's own has policy "-".
+			if f := strings.Fields(l); len(f) < 2 || f[1] != "ACCEPT" {
+				fresh = false
+			}
+			table = append(table, save+" "+name+" "+counters.ReplaceAllString(l, ""))
+		case strings.HasPrefix(l, "-A "):
+			fresh = false
+			table = append(table, save+" "+name+" "+counters.ReplaceAllString(l, ""))
+		case l == "COMMIT":
+			if !fresh {
+				out = append(out, table...)
+			}
+			table = nil
+		}
+	}
+	if !fresh {
+		out = append(out, table...) // a table cut short is never taken for a fresh one
+	}
+	return out
+}
+
 // diff returns the lines only in after, and those only in before.
 func diff(before, after []string) (added, removed []string) {
 	for _, l := range after {
@@ -112,8 +159,10 @@ func diff(before, after []string) (added, removed []string) {
 }
 
 // TestReadMachineSees: the leftover check would see a link, a chain and a
-// rule left behind (so that its silence after "down" means something).
+// rule left behind (so that its silence after "down" means something), and
+// takes a table iptables merely used for no table.
 func TestReadMachineSees(t *testing.T) {
+	t.Run("a fresh table with default chains is not a leftover; a rule in it is", freshTables)
 	before, err := readMachine(state)
 	if err != nil {
 		t.Fatal(err)
@@ -139,5 +188,96 @@ func TestReadMachineSees(t *testing.T) {
 		if !slices.Contains(added, want) {
 			t.Errorf("the machine's reading lacks %q; it added %q", want, added)
 		}
+	}
+}
+
+// freshTables: a table that exists only with its empty
+// built-in chains at their default policy reads as no table; a rule in it,
+// a chain of its own or a changed policy is a leftover. Read in a network
+// namespace of its own, whose netfilter starts as a new machine's does.
+func freshTables(t *testing.T) {
+	ns := fmt.Sprintf("rmjtest-%d", os.Getpid())
+	ipt := func(args ...string) {
+		t.Helper()
+		args = append([]string{"netns", "exec", ns}, args...)
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	read := func() []string {
+		t.Helper()
+		lines, err := readNetfilter(ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lines
+	}
+	before := read()
+	// Used and emptied again: the tables now exist, with their built-in
+	// chains, in both families.
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"filter", "nat", "mangle", "raw"} {
+			ipt(cmd, "-w", "-t", table, "-A", "OUTPUT", "-j", "RETURN")
+			ipt(cmd, "-w", "-t", table, "-D", "OUTPUT", "-j", "RETURN")
+		}
+	}
+	if added, removed := diff(before, read()); len(added)+len(removed) > 0 {
+		t.Errorf("fresh tables with default chains read as leftovers: added %q, gone %q", added, removed)
+	}
+	for _, c := range []struct {
+		change, undo []string
+		want         []string
+	}{
+		{[]string{"iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-d", "10.0.0.9/32", "-j", "RETURN"},
+			[]string{"iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-d", "10.0.0.9/32", "-j", "RETURN"},
+			[]string{"iptables-save nat -A POSTROUTING -d 10.0.0.9/32 -j RETURN", "iptables-save nat :POSTROUTING ACCEPT "}},
+		{[]string{"ip6tables", "-w", "-P", "FORWARD", "DROP"}, []string{"ip6tables", "-w", "-P", "FORWARD", "ACCEPT"},
+			[]string{"ip6tables-save filter :FORWARD DROP "}},
+		{[]string{"iptables", "-w", "-t", "mangle", "-N", "RMJTEST"}, []string{"iptables", "-w", "-t", "mangle", "-X", "RMJTEST"},
+			[]string{"iptables-save mangle :RMJTEST - "}},
+	} {
+		ipt(c.change...)
+		added, _ := diff(before, read())
+		for _, want := range c.want {
+			if !slices.Contains(added, want) {
+				t.Errorf("after %v the reading lacks %q; it added %q", c.change, want, added)
+			}
+		}
+		ipt(c.undo...)
+		if added, removed := diff(before, read()); len(added)+len(removed) > 0 {
+			t.Errorf("after undoing %v: added %q, gone %q", c.change, added, removed)
+		}
+	}
+}
+
+// TestNetfilterLines: which tables of a dump count, and how they read.
+func TestNetfilterLines(t *testing.T) {
+	const fresh = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [12:720]\nCOMMIT\n"
+	for _, c := range []struct {
+		name, dump string
+		want       []string
+	}{
+		{"no tables", "", nil},
+		{"a fresh table", "# Generated by iptables-nft-save\n" + fresh + "# Completed\n", nil},
+		{"a rule", "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [3:180]\n-A POSTROUTING -o rm0 -j MASQUERADE\nCOMMIT\n",
+			[]string{"s nat :PREROUTING ACCEPT ", "s nat :POSTROUTING ACCEPT ", "s nat -A POSTROUTING -o rm0 -j MASQUERADE"}},
+		{"a chain of its own", "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\nCOMMIT\n",
+			[]string{"s filter :INPUT ACCEPT ", "s filter :KUBE-FIREWALL - "}},
+		{"a changed policy", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n",
+			[]string{"s filter :INPUT ACCEPT ", "s filter :FORWARD DROP "}},
+		{"a fresh table beside a used one", fresh + "*raw\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j RETURN\nCOMMIT\n",
+			[]string{"s raw :OUTPUT ACCEPT ", "s raw -A OUTPUT -j RETURN"}},
+		{"a dump cut short", "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j RETURN\n",
+			[]string{"s filter :INPUT ACCEPT ", "s filter -A INPUT -j RETURN"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := netfilterLines("s", []byte(c.dump)); !slices.Equal(got, c.want) {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
 	}
 }
