@@ -29,11 +29,12 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	coordinationlisters "k8s.io/client-go/listers/coordination/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -41,6 +42,7 @@ import (
 	"github.com/rebootmanager/reboot-manager/arbiter"
 	"github.com/rebootmanager/reboot-manager/arbiter/apiclient"
 	"github.com/rebootmanager/reboot-manager/arbiter/apihealth"
+	"github.com/rebootmanager/reboot-manager/arbiter/caches"
 	"github.com/rebootmanager/reboot-manager/arbiter/connlimit"
 	"github.com/rebootmanager/reboot-manager/arbiter/coordinator"
 	"github.com/rebootmanager/reboot-manager/arbiter/drain"
@@ -220,7 +222,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// headers sent, the body never) would otherwise hold its decision, and
 	// every request sharing its read, for ever.
 	apiMetrics := apiclient.NewMetrics(registry)
-	var decisions, workers, caches, control, events kubernetes.Interface
+	var decisions, workers, cacheClient, control, events kubernetes.Interface
 	for _, c := range []struct {
 		job     string
 		client  *kubernetes.Interface
@@ -228,7 +230,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}{
 		{"decisions", &decisions, 10 * time.Second},
 		{"workers", &workers, 30 * time.Second},
-		{"caches", &caches, 0}, // watches last; client-go bounds them itself
+		{"caches", &cacheClient, 0}, // watches last; client-go bounds them itself
 		{"control", &control, 10 * time.Second},
 		{"events", &events, 10 * time.Second},
 	} {
@@ -251,23 +253,38 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "reboot-manager"})
 
+	// The API server's readiness: the arbiter's own, and what the caches
+	// wait for to resume their watches after an outage.
+	apiServer := apihealth.Start(ctx, control.Discovery().RESTClient(), 2*time.Second, log)
+	cacheMetrics := caches.NewMetrics(registry)
+	var current []*caches.ListWatch
+	informer := func(name string, lw *cache.ListWatch, obj runtime.Object) cache.SharedIndexInformer {
+		inf, r := caches.New(name, lw, obj, apiServer, cacheMetrics, log)
+		current = append(current, r)
+		return inf
+	}
 	// Nodes: the whole cluster, indexed by Zincati id.
-	nodeFactory := informers.NewSharedInformerFactoryWithOptions(caches, 0, informers.WithTransform(nodes.Slim))
-	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+	nodeClient := cacheClient.CoreV1().Nodes()
+	nodeInformer := informer("nodes", caches.From(nodeClient.List, nodeClient.Watch, nil), &corev1.Node{})
+	if err := nodeInformer.SetTransform(nodes.Slim); err != nil {
+		return fmt.Errorf("slim the cached Nodes: %w", err)
+	}
 	if err := nodeInformer.AddIndexers(cache.Indexers{nodes.IDIndex: nodes.IndexByID}); err != nil {
 		return fmt.Errorf("add the Zincati id index: %w", err)
 	}
 	// Lock Leases, the groups ConfigMap and the tokens Secret: only ours.
-	leases := informers.NewSharedInformerFactoryWithOptions(caches, 0, informers.WithNamespace(cfg.namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = lock.Label + "=true" })).
-		Coordination().V1().Leases()
-	leaseInformer := leases.Informer()
-	cmInformer := named(caches, cfg.namespace, cfg.groupsConfigMap).Core().V1().ConfigMaps().Informer()
+	leaseClient := cacheClient.CoordinationV1().Leases(cfg.namespace)
+	leaseInformer := informer("leases", caches.From(leaseClient.List, leaseClient.Watch,
+		func(o *metav1.ListOptions) { o.LabelSelector = lock.Label + "=true" }), &coordinationv1.Lease{})
+	leaseLister := coordinationlisters.NewLeaseLister(leaseInformer.GetIndexer())
+	cmClient := cacheClient.CoreV1().ConfigMaps(cfg.namespace)
+	cmInformer := informer("configmap", caches.From(cmClient.List, cmClient.Watch, named(cfg.groupsConfigMap)), &corev1.ConfigMap{})
 	informersToRun := []cache.SharedIndexInformer{nodeInformer, leaseInformer, cmInformer}
 
 	tokenStore := tokens.NewStore()
 	if cfg.tokensSecret != "" {
-		secretInformer := named(caches, cfg.namespace, cfg.tokensSecret).Core().V1().Secrets().Informer()
+		secretClient := cacheClient.CoreV1().Secrets(cfg.namespace)
+		secretInformer := informer("secret", caches.From(secretClient.List, secretClient.Watch, named(cfg.tokensSecret)), &corev1.Secret{})
 		if err := onChange(secretInformer, func(obj any) {
 			secret, _ := obj.(*corev1.Secret)
 			tokenStore.Set(secret)
@@ -283,9 +300,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// decisions, and the background workers'.
 	lockMetrics := lock.NewMetrics(registry)
 	directory := nodes.New(decisions, nodeInformer, recorder)
-	semaphore := lock.New(decisions.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lockMetrics)
+	semaphore := lock.New(decisions.CoordinationV1(), leaseLister, cfg.namespace).WithMetrics(lockMetrics)
 	workerNodes := nodes.New(workers, nodeInformer, recorder)
-	workerLock := lock.New(workers.CoordinationV1(), leases.Lister(), cfg.namespace).WithMetrics(lockMetrics)
+	workerLock := lock.New(workers.CoordinationV1(), leaseLister, cfg.namespace).WithMetrics(lockMetrics)
 	cfg.drain.Metrics = drain.NewMetrics(registry)
 	drainer := drain.New(workers, workerNodes, workerLock, volumes.NewReader(workers), settings, cfg.drain, log)
 	reconciler := reconcile.New(workerNodes, workerLock, recorder, reconcile.Config{
@@ -293,7 +310,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}, log)
 	finisher := finish.New(workerNodes, workerLock, workers.CoordinationV1().Leases(corev1.NamespaceNodeLease), settings,
 		finish.Config{MaxDowntime: cfg.maxDowntime, Metrics: finish.NewMetrics(registry)}, log)
-	apiServer := apihealth.Start(ctx, control.Discovery().RESTClient(), 2*time.Second, log)
 	decider := coordinator.New(coordinator.Deps{
 		Nodes: directory, Lock: semaphore, Drainer: drainer, Settings: settings, Gate: gate.New(decisions),
 	}, coordinator.Config{
@@ -387,7 +403,17 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if !synced.Load() {
 			return errors.New("caches are not synced yet")
 		}
-		return apiServer.Ready()
+		if err := apiServer.Ready(); err != nil {
+			return err
+		}
+		// A refusal may rest on a cache: none is answered from one that is
+		// catching up after an outage.
+		for _, c := range current {
+			if err := c.Current(); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		lock.NewCollector(semaphore, func(g string) int { return settings.For(g).Slots }, cfg.maxHold), nodes.NewCollector(directory))
@@ -489,10 +515,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 var errShuttingDown = errors.New("the arbiter is shutting down")
 
-// named returns an informer factory for the one object name in namespace.
-func named(client kubernetes.Interface, namespace, name string) informers.SharedInformerFactory {
-	return informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + name }))
+// named narrows a list or watch to the one object name.
+func named(name string) func(*metav1.ListOptions) {
+	return func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + name }
 }
 
 // onChange calls fn with the object on every add and update, and with nil
