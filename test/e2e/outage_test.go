@@ -224,6 +224,8 @@ func TestRepeatedOutages(t *testing.T) {
 		rotating[i] = create(fmt.Sprintf("%s-rot-%d", ns, i))
 	}
 	// approved asks as h until approved, and returns the approval's time.
+	// Until then every answer must be a 503: a refusal that rests on a
+	// cache still catching up (unknown_node, a wrong credential) says so.
 	approved := func(h host, within time.Duration) (time.Time, error) {
 		base, err := credential.InURL(a.url, h.name, h.secret)
 		must(t, err)
@@ -233,6 +235,9 @@ func TestRepeatedOutages(t *testing.T) {
 			err := c.PreReboot(ctx, fleetlock.ClientParams{ID: h.id, Group: "default"})
 			if err == nil {
 				return time.Now(), nil
+			}
+			if !fleetlock.IsKind(err, fleetlock.KindUnavailable) {
+				t.Errorf("%s: answered %v, want 503 unavailable until approved", h.name, err)
 			}
 			if time.Now().After(end) {
 				return time.Time{}, err
