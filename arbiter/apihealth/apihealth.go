@@ -26,6 +26,9 @@ type Probe struct {
 	client   rest.Interface
 	interval time.Duration
 	log      *slog.Logger
+	// down wakes the loop when a Check finds the server away, so that the
+	// next probe comes at the shorter interval.
+	down chan struct{}
 
 	mu   sync.Mutex
 	err  error         // the last probe's failure, nil when ready
@@ -35,7 +38,7 @@ type Probe struct {
 // Start probes the API server behind client at once and then every interval
 // (DownInterval while it is not ready) until ctx ends.
 func Start(ctx context.Context, client rest.Interface, interval time.Duration, log *slog.Logger) *Probe {
-	p := &Probe{client: client, interval: interval, log: log, back: make(chan struct{})}
+	p := &Probe{client: client, interval: interval, log: log, down: make(chan struct{}, 1), back: make(chan struct{})}
 	close(p.back)
 	p.probe(ctx)
 	go p.run(ctx)
@@ -50,8 +53,9 @@ func (p *Probe) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			p.probe(ctx)
+		case <-p.down:
 		}
-		p.probe(ctx)
 		t.Reset(p.next())
 	}
 }
@@ -83,6 +87,10 @@ func (p *Probe) set(err error) {
 	case err != nil && p.err == nil:
 		p.log.Warn("API server unreachable; answering 503 until it is back", "err", err)
 		p.back = make(chan struct{})
+		select {
+		case p.down <- struct{}{}:
+		default:
+		}
 	case err == nil && p.err != nil:
 		p.log.Info("API server reachable again")
 		close(p.back)

@@ -35,8 +35,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
@@ -77,11 +75,13 @@ type ListWatch struct {
 	name    string
 	inner   cache.ListerWatcherWithContext
 	server  Server
-	store   cache.Store // the informer's, set by New
+	store   cache.Store    // the informer's, set by New
+	example runtime.Object // an object of the informer's type, for bookmarks
 	metrics *Metrics
 	log     *slog.Logger
-	// pace is the first wait between failed attempts to resume while the
-	// API server answers; it doubles up to maxPace.
+	// pace is the first wait between failed attempts to resume, or streams
+	// that end at once, while the API server answers; it doubles up to
+	// maxPace.
 	pace time.Duration
 
 	mu     sync.Mutex
@@ -89,8 +89,18 @@ type ListWatch struct {
 }
 
 // maxPace bounds the wait between attempts to resume a watch that the
-// API server refuses while it reports ready.
+// API server refuses, or ends at once, while it reports ready.
 const maxPace = 5 * time.Second
+
+// rewatchAttempts is how many refused attempts to go on from the last
+// resource version are made before the stream goes on from a LIST (and
+// the cache counts as behind).
+const rewatchAttempts = 3
+
+// applyWait bounds the wait for the informer to apply the events
+// delivered, before a catch-up is diffed against its store and before the
+// cache counts as current again.
+const applyWait = 5 * time.Second
 
 // New returns an informer of objects like obj, named name in logs and
 // metrics, over lw made outage-proof, and its ListWatch (for Current).
@@ -98,8 +108,10 @@ func New(name string, lw cache.ListerWatcherWithContext, obj runtime.Object, ser
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	r := &ListWatch{name: name, inner: lw, server: server, metrics: m, log: log.With("cache", name), pace: 250 * time.Millisecond}
-	inf := cache.NewSharedIndexInformer(r, obj, 0, cache.Indexers{})
+	r := &ListWatch{name: name, inner: lw, server: server, example: obj, metrics: m, log: log.With("cache", name), pace: 250 * time.Millisecond}
+	// The namespace index, as client-go's informer factories add it: the
+	// listers' namespaced lists use it.
+	inf := cache.NewSharedIndexInformer(r, obj, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	r.store = inf.GetStore()
 	return inf, r
 }
@@ -166,9 +178,9 @@ func (r *ListWatch) WatchWithContext(ctx context.Context, opts metav1.ListOption
 		w = nil
 	}
 	ctx, stop := context.WithCancel(ctx)
-	rw := &resumed{out: make(chan watch.Event), stop: stop}
-	go r.run(ctx, w, opts, rw.out)
-	return rw, nil
+	out := make(chan watch.Event)
+	go r.run(ctx, w, &stream{opts: opts, out: out, rv: opts.ResourceVersion, pace: r.pace})
+	return &resumed{out: out, stop: stop}, nil
 }
 
 // resumed is the watch the reflector holds.
@@ -179,210 +191,6 @@ type resumed struct {
 
 func (w *resumed) Stop()                          { w.stop() }
 func (w *resumed) ResultChan() <-chan watch.Event { return w.out }
-
-// run forwards w's events to out, and resumes the stream whenever it ends
-// (at once when w is nil), until ctx ends.
-func (r *ListWatch) run(ctx context.Context, w watch.Interface, opts metav1.ListOptions, out chan<- watch.Event) {
-	defer close(out)
-	rv := opts.ResourceVersion
-	for {
-		var ended error
-		if w != nil {
-			rv, ended = forward(ctx, w, rv, out)
-			w.Stop()
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		var err error
-		if w, rv, err = r.resume(ctx, opts, rv, ended, out); err != nil {
-			return // ctx ended
-		}
-	}
-}
-
-// forward sends w's events to out until w ends, and returns the resource
-// version of the last one sent, and the error an Error event carried (nil
-// when the stream just ended).
-func forward(ctx context.Context, w watch.Interface, rv string, out chan<- watch.Event) (string, error) {
-	for {
-		var e watch.Event
-		var ok bool
-		select {
-		case <-ctx.Done():
-			return rv, nil
-		case e, ok = <-w.ResultChan():
-		}
-		if !ok {
-			return rv, nil
-		}
-		if e.Type == watch.Error {
-			return rv, apierrors.FromObject(e.Object)
-		}
-		if m, err := meta.Accessor(e.Object); err == nil && m.GetResourceVersion() != "" {
-			rv = m.GetResourceVersion()
-		}
-		if !send(ctx, out, e) {
-			return rv, nil
-		}
-	}
-}
-
-func send(ctx context.Context, out chan<- watch.Event, e watch.Event) bool {
-	select {
-	case out <- e:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// resume opens the stream again after it ended (with ended, from an Error
-// event, or nil): from rv when the API server stayed up and rv has not
-// expired, else from a LIST whose difference from the store it sends to
-// out first. It waits for the API server while it is away, and paces its
-// attempts while the API server refuses them; only ctx's end stops it.
-func (r *ListWatch) resume(ctx context.Context, opts metav1.ListOptions, rv string, ended error, out chan<- watch.Event) (watch.Interface, string, error) {
-	// A stream with no resource version yet cannot go on where it ended.
-	relist := apierrors.IsResourceExpired(ended) || apierrors.IsGone(ended) || rv == "" || rv == "0"
-	if err := r.server.Check(ctx); err != nil {
-		// Away: a restarted API server's watch cache begins at the present,
-		// so the stream goes on from a LIST.
-		relist = true
-		r.log.Info("watch ended with the API server away; resuming once it is back", "err", err)
-	}
-	if relist {
-		r.setBehind(true)
-	}
-	pace := r.pace
-	for attempt := 1; ; attempt++ {
-		if err := r.server.Wait(ctx); err != nil {
-			return nil, "", err
-		}
-		var w watch.Interface
-		var err error
-		if relist {
-			w, rv, err = r.relist(ctx, opts, out)
-		} else {
-			o := opts
-			o.ResourceVersion = rv
-			w, err = r.inner.WatchWithContext(ctx, o)
-		}
-		if err == nil {
-			how := "rewatch"
-			if relist {
-				how = "relist"
-				r.setBehind(false)
-				r.log.Info("cache caught up", "attempts", attempt)
-			}
-			r.metrics.resumes.WithLabelValues(r.name, how).Inc()
-			return w, rv, nil
-		}
-		if ctx.Err() != nil {
-			return nil, "", ctx.Err()
-		}
-		if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
-			relist = true
-			r.setBehind(true)
-			continue
-		}
-		if r.server.Check(ctx) != nil {
-			continue // away again: Wait holds the next attempt until it is back
-		}
-		if attempt == 1 || attempt%10 == 0 {
-			r.log.Warn("resuming the watch failed; trying again", "err", err, "attempts", attempt, "relist", relist)
-		}
-		if !sleep(ctx, pace) {
-			return nil, "", ctx.Err()
-		}
-		pace = min(2*pace, maxPace)
-	}
-}
-
-// relist lists the objects, starts the watch from the list's resource
-// version, and sends the list's difference from the store to out as watch
-// events: those the store lacks as added, those of another resource
-// version as modified, and those only the store has as deleted (with the
-// store's object).
-func (r *ListWatch) relist(ctx context.Context, opts metav1.ListOptions, out chan<- watch.Event) (watch.Interface, string, error) {
-	list, err := r.inner.ListWithContext(ctx, metav1.ListOptions{LabelSelector: opts.LabelSelector, FieldSelector: opts.FieldSelector})
-	if err != nil {
-		return nil, "", fmt.Errorf("list the %s: %w", r.name, err)
-	}
-	lm, err := meta.ListAccessor(list)
-	if err != nil {
-		return nil, "", fmt.Errorf("read the %s list: %w", r.name, err)
-	}
-	items, err := meta.ExtractList(list)
-	if err != nil {
-		return nil, "", fmt.Errorf("read the %s list: %w", r.name, err)
-	}
-	o := opts
-	o.ResourceVersion = lm.GetResourceVersion()
-	w, err := r.inner.WatchWithContext(ctx, o)
-	if err != nil {
-		return nil, "", err
-	}
-	for _, e := range Difference(r.store, items) {
-		if !send(ctx, out, e) {
-			w.Stop()
-			return nil, "", ctx.Err()
-		}
-	}
-	return w, o.ResourceVersion, nil
-}
-
-// Difference returns the watch events that take store to items: added for
-// an object the store lacks, modified for one at another resource version,
-// deleted (with the store's object) for one the store alone has.
-func Difference(store cache.Store, items []runtime.Object) []watch.Event {
-	var events []watch.Event
-	listed := make(map[string]bool, len(items))
-	for _, obj := range items {
-		key, err := cache.MetaNamespaceKeyFunc(obj)
-		if err != nil {
-			continue
-		}
-		listed[key] = true
-		old, exists, err := store.GetByKey(key)
-		switch {
-		case err != nil || !exists:
-			events = append(events, watch.Event{Type: watch.Added, Object: obj})
-		case resourceVersion(old) != resourceVersion(obj):
-			events = append(events, watch.Event{Type: watch.Modified, Object: obj})
-		}
-	}
-	for _, key := range store.ListKeys() {
-		if listed[key] {
-			continue
-		}
-		if old, exists, err := store.GetByKey(key); err == nil && exists {
-			if obj, ok := old.(runtime.Object); ok {
-				events = append(events, watch.Event{Type: watch.Deleted, Object: obj})
-			}
-		}
-	}
-	return events
-}
-
-func resourceVersion(obj any) string {
-	m, err := meta.Accessor(obj)
-	if err != nil {
-		return ""
-	}
-	return m.GetResourceVersion()
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
 
 // From is the ListerWatcher of a typed client's List and Watch (such as
 // client.CoreV1().Nodes()'s), with tweak, if not nil, applied to the

@@ -75,6 +75,8 @@ type apiserver struct {
 	watches []string // the resource version of each watch
 	opened  chan *watch.FakeWatcher
 	refuse  error   // the next watch's error
+	refuses int     // how many watches refuse is returned to
+	closing bool    // every watch ends at once
 	goesOff *server // set: the next watch finds the server gone
 }
 
@@ -89,7 +91,9 @@ func (a *apiserver) watch(_ context.Context, o metav1.ListOptions) (watch.Interf
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err := a.refuse; err != nil {
-		a.refuse = nil
+		if a.refuses--; a.refuses <= 0 {
+			a.refuse = nil
+		}
 		return nil, err
 	}
 	if a.goesOff != nil {
@@ -99,6 +103,10 @@ func (a *apiserver) watch(_ context.Context, o metav1.ListOptions) (watch.Interf
 	}
 	a.watches = append(a.watches, o.ResourceVersion)
 	w := watch.NewFakeWithChanSize(10, false)
+	if a.closing {
+		w.Stop()
+		return w, nil
+	}
 	a.opened <- w
 	return w, nil
 }
@@ -182,9 +190,7 @@ func TestOutageRelists(t *testing.T) {
 	s.set(true)
 	w2 := <-a.opened
 	eventually(t, "caught up", func() bool { return slices.Equal(keys(inf), []string{"b", "c", "d"}) && rvOf(inf, "b") == "7" })
-	if err := lw.Current(); err != nil {
-		t.Errorf("still behind after the catch-up: %v", err)
-	}
+	eventually(t, "current", func() bool { return lw.Current() == nil })
 	mu.Lock()
 	if !slices.Equal(deleted, []string{"a"}) {
 		t.Errorf("deleted %v, want [a]", deleted)
@@ -243,8 +249,7 @@ func TestExpiredRelists(t *testing.T) {
 func TestRefusedWatchIsPaced(t *testing.T) {
 	a := &apiserver{nodes: []corev1.Node{node("a", "1")}, rv: "1", opened: make(chan *watch.FakeWatcher, 4)}
 	s := newServer()
-	_, lw, w := started(t, a, s)
-	lw.pace = time.Millisecond
+	_, _, w := started(t, a, s)
 	a.mu.Lock()
 	a.refuse = apierrors.NewTooManyRequests("slow down", 1)
 	a.mu.Unlock()
@@ -276,6 +281,91 @@ func TestServerGoneBeforeFirstWatch(t *testing.T) {
 	eventually(t, "caught up", func() bool { return slices.Equal(keys(inf), []string{"b"}) && lw.Current() == nil })
 }
 
+// TestStreamsEndingAtOnceArePaced: a stream that ends as soon as it
+// opens, with the API server up, is opened again paced (250 ms doubling),
+// not in a tight loop.
+func TestStreamsEndingAtOnceArePaced(t *testing.T) {
+	a := &apiserver{nodes: []corev1.Node{node("a", "1")}, rv: "1", opened: make(chan *watch.FakeWatcher, 4)}
+	s := newServer()
+	_, _, w := started(t, a, s)
+	a.mu.Lock()
+	a.closing = true
+	a.mu.Unlock()
+	w.Stop()
+	time.Sleep(2 * time.Second)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	// 250 + 500 + 1000 ms: at most four more watches in 2 s.
+	if n := len(a.watches); n > 5 {
+		t.Errorf("%d watches in 2 s, want at most 5", n)
+	}
+}
+
+// TestRefusedRewatchRelists: a stream whose rewatch the API server keeps
+// refusing goes on from a LIST after rewatchAttempts, and the cache counts
+// as behind meanwhile.
+func TestRefusedRewatchRelists(t *testing.T) {
+	a := &apiserver{nodes: []corev1.Node{node("a", "1")}, rv: "1", opened: make(chan *watch.FakeWatcher, 4)}
+	s := newServer()
+	inf, lw, w := started(t, a, s)
+	a.mu.Lock()
+	a.refuse, a.refuses = apierrors.NewInternalError(io.ErrUnexpectedEOF), rewatchAttempts
+	a.nodes, a.rv = []corev1.Node{node("a", "6")}, "6"
+	a.mu.Unlock()
+	w.Stop()
+	<-a.opened
+	eventually(t, "relisted", func() bool { return rvOf(inf, "a") == "6" && lw.Current() == nil })
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.lists != 2 {
+		t.Errorf("%d lists, want the first and one catch-up", a.lists)
+	}
+}
+
+// TestRelistWaitsForTheStore: the catch-up is diffed only once the store
+// shows the last event delivered, so an object added, not yet applied, and
+// deleted during the outage is deleted, not left behind.
+func TestRelistWaitsForTheStore(t *testing.T) {
+	a := &apiserver{rv: "9", opened: make(chan *watch.FakeWatcher, 4)}
+	store := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	lw := &ListWatch{name: "nodes", inner: From(a.list, a.watch, nil), server: newServer(), store: store, example: &corev1.Node{},
+		metrics: NewMetrics(nil), log: slog.New(slog.DiscardHandler), pace: time.Millisecond}
+	ghost := node("ghost", "5")
+	out := make(chan watch.Event, 10)
+	st := &stream{out: out, rv: "5", last: &watch.Event{Type: watch.Added, Object: &ghost}}
+	done := make(chan error, 1)
+	go func() {
+		_, err := lw.relist(context.Background(), st)
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	a.mu.Lock()
+	if a.lists != 0 {
+		t.Errorf("listed before the store applied the last event")
+	}
+	a.mu.Unlock()
+	_ = store.Add(&ghost) // the informer applies it, and then what follows
+	var got []string
+	for {
+		select {
+		case e := <-out:
+			got = append(got, string(e.Type))
+			if e.Type == watch.Deleted {
+				_ = store.Delete(e.Object)
+			}
+			continue
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		break
+	}
+	if !slices.Equal(got, []string{"DELETED", "BOOKMARK"}) {
+		t.Errorf("delivered %v, want the ghost deleted and a bookmark", got)
+	}
+}
+
 // TestDifference: the events that take a store to a list.
 func TestDifference(t *testing.T) {
 	for _, c := range []struct {
@@ -303,6 +393,9 @@ func TestDifference(t *testing.T) {
 			var got []string
 			for _, e := range Difference(store, items) {
 				got = append(got, string(e.Type)+" "+e.Object.(*corev1.Node).Name)
+				if obj, ok, _ := store.Get(e.Object); ok && obj == e.Object {
+					t.Errorf("%s %s carries the store's own object, not a copy", e.Type, e.Object.(*corev1.Node).Name)
+				}
 			}
 			if !slices.Equal(got, c.want) {
 				t.Errorf("got %v, want %v", got, c.want)
