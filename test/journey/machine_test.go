@@ -123,7 +123,7 @@ func netfilterLines(save string, dump []byte) []string {
 			name, fresh, table = l[1:], true, nil
 		case strings.HasPrefix(l, ":"):
 			// ":CHAIN POLICY [counters]"; a chain of one's own has policy "-".
-			if f := strings.Fields(l); len(f) < 2 || f[1] != "ACCEPT" {
+			if f := strings.Fields(l); len(f) < 2 || f[1] != "ACCEPT" || !slices.Contains(builtin[name], f[0][1:]) {
 				fresh = false
 			}
 			table = append(table, save+" "+name+" "+counters.ReplaceAllString(l, ""))
@@ -141,6 +141,15 @@ func netfilterLines(save string, dump []byte) []string {
 		out = append(out, table...) // a table cut short is never taken for a fresh one
 	}
 	return out
+}
+
+// builtin names the built-in chains of iptables' tables.
+var builtin = map[string][]string{
+	"filter":   {"INPUT", "FORWARD", "OUTPUT"},
+	"nat":      {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+	"mangle":   {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
+	"raw":      {"PREROUTING", "OUTPUT"},
+	"security": {"INPUT", "FORWARD", "OUTPUT"},
 }
 
 // diff returns the lines only in after, and those only in before.
@@ -269,6 +278,8 @@ func TestNetfilterLines(t *testing.T) {
 			[]string{"s filter :INPUT ACCEPT ", "s filter :KUBE-FIREWALL - "}},
 		{"a changed policy", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n",
 			[]string{"s filter :INPUT ACCEPT ", "s filter :FORWARD DROP "}},
+		{"a base chain not built in", "*filter\n:INPUT ACCEPT [0:0]\n:MINE ACCEPT [0:0]\nCOMMIT\n",
+			[]string{"s filter :INPUT ACCEPT ", "s filter :MINE ACCEPT "}},
 		{"a fresh table beside a used one", fresh + "*raw\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j RETURN\nCOMMIT\n",
 			[]string{"s raw :OUTPUT ACCEPT ", "s raw -A OUTPUT -j RETURN"}},
 		{"a dump cut short", "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j RETURN\n",
