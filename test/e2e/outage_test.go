@@ -88,7 +88,12 @@ func TestAPIServerOutage(t *testing.T) {
 						}
 						time.Sleep(200 * time.Millisecond)
 					}
-					_ = send("steady-state", p)
+					// Zincati sends its steady-state until it lands (every 5
+					// minutes; here at once): one answered 503, while the
+					// arbiter was not ready yet, would hold the slot for ever.
+					for send("steady-state", p) != nil {
+						time.Sleep(200 * time.Millisecond)
+					}
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
