@@ -7,9 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	sdbus "github.com/coreos/go-systemd/v22/dbus"
@@ -277,19 +280,43 @@ func (b *Bus) manager() (*Manager, error) {
 }
 
 // call runs f on a connected Manager; an error after which the connection
-// is gone wraps ErrNoBus.
+// is gone wraps ErrNoBus, and the next call connects again.
 func (b *Bus) call(f func(m *Manager) error) error {
 	m, err := b.manager()
 	if err != nil {
 		return err
 	}
-	if err := f(m); err != nil {
-		if !m.Connected() && !errors.Is(err, ErrNoBus) {
-			return fmt.Errorf("%w: %w", ErrNoBus, err)
-		}
+	err = f(m)
+	if err == nil || errors.Is(err, ErrNoBus) {
 		return err
 	}
-	return nil
+	// A write to a bus that just went fails before the connection's reader
+	// has seen it go: Connected still says true for a moment.
+	if !m.Connected() || lost(err) {
+		b.drop(m)
+		return fmt.Errorf("%w: %w", ErrNoBus, err)
+	}
+	return err
+}
+
+// lost reports whether err says the connection itself failed.
+func lost(err error) bool {
+	for _, e := range []error{syscall.EPIPE, syscall.ECONNRESET, io.EOF, io.ErrUnexpectedEOF, net.ErrClosed, dbus.ErrClosed} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// drop closes m if it is still the current connection.
+func (b *Bus) drop(m *Manager) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == m {
+		b.m.Close()
+		b.m = nil
+	}
 }
 
 // Restart is Manager.Restart.
