@@ -36,6 +36,8 @@ type memLock struct {
 	// stale, when set, is what the cache shows as holders (All), though
 	// the lock object holds holders.
 	stale []lock.Holder
+	// refused lists the ids that found the slots full, in order.
+	refused []string
 }
 
 func (m *memLock) changed() {
@@ -70,6 +72,7 @@ func (m *memLock) AcquireFrom(_ context.Context, _ *lock.Listing, _ string, h lo
 	m.mu.Lock()
 	if len(m.holders) >= lim.Slots {
 		defer m.mu.Unlock()
+		m.refused = append(m.refused, h.ID)
 		return lock.Result{Holders: slices.Clone(m.holders)}, nil
 	}
 	h.Phase, h.Since = lock.PhaseTaken, time.Unix(1, 0)
@@ -277,8 +280,20 @@ func ask(t *testing.T, ctx context.Context, c *Coordinator, id string) <-chan er
 	before := c.queue.size("g")
 	out := make(chan error, 1)
 	go func() { out <- c.PreReboot(withToken(ctx), fleetlock.ClientParams{ID: id, Group: "g"}) }()
+	// Queued and refused once: it waits now, behind those asked before it
+	// (queued alone, it may not have tried yet, and a release could find
+	// it first).
+	m, _ := c.lock.(*memLock)
+	refused := func() bool {
+		if m == nil {
+			return true
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return slices.Contains(m.refused, id)
+	}
 	deadline := time.Now().Add(5 * time.Second)
-	for c.queue.size("g") == before {
+	for c.queue.size("g") == before || !refused() {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s never queued", id)
 		}
