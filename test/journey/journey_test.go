@@ -392,23 +392,44 @@ var sourceField = regexp.MustCompile(`"source":"([^"]+)"`)
 // to the ClusterIP.
 func arbiterSource(t *testing.T, h *host) string {
 	t.Helper()
-	out, err := cluster.Kubectl("logs", "-n", "reboot-manager", "-l", "app.kubernetes.io/name=reboot-manager-arbiter", "--tail=-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, "reboot approved") && strings.Contains(l, h.params.ID) {
-			if m := sourceField.FindStringSubmatch(l); m != nil {
+	// The logs of every replica whose container runs: the drain of h's node
+	// evicts a replica there, and its replacement may still be starting
+	// (kubectl logs -l fails on a pod with no container yet).
+	var source string
+	harness.Eventually(t, 30*time.Second, "an arbiter's log of "+h.node+"'s approval", func() error {
+		pods, err := cluster.Client.CoreV1().Pods("reboot-manager").List(context.Background(),
+			metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=reboot-manager-arbiter"})
+		if err != nil {
+			return err
+		}
+		var read []string
+		for _, p := range pods.Items {
+			if p.Status.Phase != corev1.PodRunning {
+				continue
+			}
+			out, err := cluster.Kubectl("logs", "-n", "reboot-manager", p.Name, "--tail=-1")
+			if err != nil {
+				return err
+			}
+			read = append(read, p.Name)
+			for _, l := range strings.Split(out, "\n") {
+				if !strings.Contains(l, "reboot approved") || !strings.Contains(l, h.params.ID) {
+					continue
+				}
+				m := sourceField.FindStringSubmatch(l)
+				if m == nil {
+					t.Fatalf("the approval's log line names no source: %s", l)
+				}
 				if net.ParseIP(m[1]) == nil {
 					t.Fatalf("the arbiter logged the source %q, not an address: %s", m[1], l)
 				}
-				return m[1]
+				source = m[1]
+				return nil
 			}
-			t.Fatalf("the approval's log line names no source: %s", l)
 		}
-	}
-	t.Fatalf("no arbiter logged the approval of %s:\n%s", h.node, out)
-	return ""
+		return fmt.Errorf("no running arbiter (of %v) logged the approval of %s", read, h.node)
+	})
+	return source
 }
 
 // podWatch records, from one watch of the workloads' pods (so in the API
