@@ -191,23 +191,3 @@ type resumed struct {
 
 func (w *resumed) Stop()                          { w.stop() }
 func (w *resumed) ResultChan() <-chan watch.Event { return w.out }
-
-// From is the ListerWatcher of a typed client's List and Watch (such as
-// client.CoreV1().Nodes()'s), with tweak, if not nil, applied to the
-// options of every request.
-func From[L runtime.Object](list func(context.Context, metav1.ListOptions) (L, error),
-	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error), tweak func(*metav1.ListOptions)) *cache.ListWatch {
-	if tweak == nil {
-		tweak = func(*metav1.ListOptions) {}
-	}
-	return &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			tweak(&o)
-			return list(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			tweak(&o)
-			return watchFn(ctx, o)
-		},
-	}
-}

@@ -111,6 +111,16 @@ func (a *apiserver) watch(_ context.Context, o metav1.ListOptions) (watch.Interf
 	return w, nil
 }
 
+// listWatch is the ListerWatcher of a's Nodes.
+func (a *apiserver) listWatch() *cache.ListWatch {
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return a.list(ctx, o)
+		},
+		WatchFuncWithContext: a.watch,
+	}
+}
+
 func node(name, rv string) corev1.Node {
 	return corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, ResourceVersion: rv}}
 }
@@ -119,7 +129,7 @@ func node(name, rv string) corev1.Node {
 // synced, with the watch it holds.
 func started(t *testing.T, a *apiserver, s *server) (cache.SharedIndexInformer, *ListWatch, *watch.FakeWatcher) {
 	t.Helper()
-	inf, lw := New("nodes", From(a.list, a.watch, nil), &corev1.Node{}, s, nil, slog.New(slog.DiscardHandler))
+	inf, lw := New("nodes", a.listWatch(), &corev1.Node{}, s, nil, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go inf.RunWithContext(ctx)
@@ -268,7 +278,7 @@ func TestRefusedWatchIsPaced(t *testing.T) {
 func TestServerGoneBeforeFirstWatch(t *testing.T) {
 	s := newServer()
 	a := &apiserver{nodes: []corev1.Node{node("a", "1")}, rv: "1", opened: make(chan *watch.FakeWatcher, 4), goesOff: s}
-	inf, lw := New("nodes", From(a.list, a.watch, nil), &corev1.Node{}, s, nil, slog.New(slog.DiscardHandler))
+	inf, lw := New("nodes", a.listWatch(), &corev1.Node{}, s, nil, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go inf.RunWithContext(ctx)
@@ -328,7 +338,7 @@ func TestRefusedRewatchRelists(t *testing.T) {
 func TestRelistWaitsForTheStore(t *testing.T) {
 	a := &apiserver{rv: "9", opened: make(chan *watch.FakeWatcher, 4)}
 	store := cache.NewStore(cache.MetaNamespaceKeyFunc)
-	lw := &ListWatch{name: "nodes", inner: From(a.list, a.watch, nil), server: newServer(), store: store, example: &corev1.Node{},
+	lw := &ListWatch{name: "nodes", inner: a.listWatch(), server: newServer(), store: store, example: &corev1.Node{},
 		metrics: NewMetrics(nil), log: slog.New(slog.DiscardHandler), pace: time.Millisecond}
 	ghost := node("ghost", "5")
 	out := make(chan watch.Event, 10)
@@ -391,7 +401,7 @@ func TestDifference(t *testing.T) {
 				items = append(items, &c.list[i])
 			}
 			var got []string
-			for _, e := range Difference(store, items) {
+			for _, e := range difference(store, items) {
 				got = append(got, string(e.Type)+" "+e.Object.(*corev1.Node).Name)
 				if obj, ok, _ := store.Get(e.Object); ok && obj == e.Object {
 					t.Errorf("%s %s carries the store's own object, not a copy", e.Type, e.Object.(*corev1.Node).Name)

@@ -171,7 +171,7 @@ func (r *ListWatch) backOff(ctx context.Context, s *stream) bool {
 
 // relist lists the objects, starts the watch from the list's resource
 // version, and delivers the list's difference from the store first (see
-// Difference), then a bookmark at the list's resource version. It diffs
+// difference), then a bookmark at the list's resource version. It diffs
 // only once the store has applied what the stream delivered before (an
 // object delivered, not yet applied, and deleted meanwhile would otherwise
 // stay), and returns once the store has applied the difference too.
@@ -195,7 +195,7 @@ func (r *ListWatch) relist(ctx context.Context, s *stream) (watch.Interface, err
 	if err != nil {
 		return nil, err
 	}
-	events := Difference(r.store, items)
+	events := difference(r.store, items)
 	if b := r.example.DeepCopyObject(); meta.NewAccessor().SetResourceVersion(b, o.ResourceVersion) == nil {
 		events = append(events, watch.Event{Type: watch.Bookmark, Object: b})
 	}
@@ -248,10 +248,10 @@ func (r *ListWatch) waitApplied(ctx context.Context, e *watch.Event) {
 	}
 }
 
-// Difference returns the watch events that take store to items: added for
+// difference returns the watch events that take store to items: added for
 // an object the store lacks, modified for one at another resource version,
 // deleted (with a copy of the store's object) for one the store alone has.
-func Difference(store cache.Store, items []runtime.Object) []watch.Event {
+func difference(store cache.Store, items []runtime.Object) []watch.Event {
 	var events []watch.Event
 	listed := make(map[string]bool, len(items))
 	for _, obj := range items {

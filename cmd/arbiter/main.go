@@ -264,8 +264,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return inf
 	}
 	// Nodes: the whole cluster, indexed by Zincati id.
-	nodeClient := cacheClient.CoreV1().Nodes()
-	nodeInformer := informer("nodes", caches.From(nodeClient.List, nodeClient.Watch, nil), &corev1.Node{})
+	core := cacheClient.CoreV1().RESTClient()
+	nodeInformer := informer("nodes", cache.NewFilteredListWatchFromClient(core, "nodes", metav1.NamespaceAll, func(*metav1.ListOptions) {}), &corev1.Node{})
 	if err := nodeInformer.SetTransform(nodes.Slim); err != nil {
 		return fmt.Errorf("slim the cached Nodes: %w", err)
 	}
@@ -273,18 +273,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("add the Zincati id index: %w", err)
 	}
 	// Lock Leases, the groups ConfigMap and the tokens Secret: only ours.
-	leaseClient := cacheClient.CoordinationV1().Leases(cfg.namespace)
-	leaseInformer := informer("leases", caches.From(leaseClient.List, leaseClient.Watch,
+	leaseInformer := informer("leases", cache.NewFilteredListWatchFromClient(cacheClient.CoordinationV1().RESTClient(), "leases", cfg.namespace,
 		func(o *metav1.ListOptions) { o.LabelSelector = lock.Label + "=true" }), &coordinationv1.Lease{})
 	leaseLister := coordinationlisters.NewLeaseLister(leaseInformer.GetIndexer())
-	cmClient := cacheClient.CoreV1().ConfigMaps(cfg.namespace)
-	cmInformer := informer("configmap", caches.From(cmClient.List, cmClient.Watch, named(cfg.groupsConfigMap)), &corev1.ConfigMap{})
+	cmInformer := informer("configmap", cache.NewFilteredListWatchFromClient(core, "configmaps", cfg.namespace, named(cfg.groupsConfigMap)), &corev1.ConfigMap{})
 	informersToRun := []cache.SharedIndexInformer{nodeInformer, leaseInformer, cmInformer}
 
 	tokenStore := tokens.NewStore()
 	if cfg.tokensSecret != "" {
-		secretClient := cacheClient.CoreV1().Secrets(cfg.namespace)
-		secretInformer := informer("secret", caches.From(secretClient.List, secretClient.Watch, named(cfg.tokensSecret)), &corev1.Secret{})
+		secretInformer := informer("secret", cache.NewFilteredListWatchFromClient(core, "secrets", cfg.namespace, named(cfg.tokensSecret)), &corev1.Secret{})
 		if err := onChange(secretInformer, func(obj any) {
 			secret, _ := obj.(*corev1.Secret)
 			tokenStore.Set(secret)
